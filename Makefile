@@ -1,0 +1,29 @@
+# Set-up and the two everyday commands. `make demo` runs MARS on the embedded
+# demo; `make test` runs the test suite. Both create .venv on first use.
+#
+# TORCH pins the CPU build of PyTorch that CPU-only machines should use; an
+# unpinned `torch` pulls a multi-GB CUDA build. On a GPU machine, pass the
+# build you want, e.g. `make demo TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+	touch $@
+
+demo: install
+	$(BIN)/mars run
+
+test: install
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) mars-work

@@ -1,0 +1,142 @@
+"""The MARS search as a Prefect flow: the method, one stage per line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from tqdm.auto import tqdm
+
+from flows import tasks
+from flows.stages import Staged, TrackingContext, unwrap, was_cached
+from flows.tracking import Tracker, default_tracking_uri, git_commit
+from mars_core import probes as probe_lib
+from mars_core.config import MarsConfig
+from mars_core.summary import build_summary
+
+log = logging.getLogger("mars")
+
+
+@flow(name="mars-search", task_runner=ThreadPoolTaskRunner(max_workers=2), log_prints=False)
+def mars_search(config: dict[str, Any], run_name: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Pick one LoRA rank per module from probe fine-tunes, train once, evaluate."""
+    cfg = MarsConfig.model_validate(config)
+    run_name = run_name or cfg.tracking.run_name or f"mars-{cfg.digest()[:10]}"
+    run_dir = Path(cfg.runtime.workdir).resolve() / "runs" / run_name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    track = _start_tracking(cfg, run_name)
+    started = time.perf_counter()
+
+    try:
+        dataset = unwrap(track, tasks.prepare_dataset(cfg, track), "dataset")
+        base = unwrap(track, tasks.prepare_base(cfg, track), "base_model")
+        track = track.with_tags(**{"mars.dataset_fingerprint": dataset.fingerprint, "mars.base_model": base.name})
+        track.tracker().set_tags(track.parent_run_id, track.tags)
+
+        module_specs = probe_lib.plan_module_probes(cfg, dataset.n_train)
+        module_rows, module_stats = _run_probes(cfg, module_specs, dataset, base, track, "module_probes", progress)
+
+        pruned = unwrap(track, tasks.fit_law_t_and_prune(cfg, module_rows, dataset.n_train, track, run_dir), "law_t")
+
+        joint_specs = probe_lib.plan_joint_probes(cfg, pruned.law_t, dataset.n_train)
+        joint_rows, joint_stats = _run_probes(cfg, joint_specs, dataset, base, track, "joint_probes", progress)
+
+        selection = unwrap(
+            track,
+            tasks.fit_law_p_and_select(cfg, pruned, module_rows, joint_rows, dataset.n_train, track, run_dir),
+            "law_p",
+        )
+
+        budget = probe_lib.final_budget(cfg, selection, dataset.n_train)
+        final_staged = _final_training(cfg, selection.chosen, budget, dataset, base, track)
+        final = unwrap(track, final_staged, "final_training")
+        tasks.copy_adapter(final["adapter_dir"], run_dir)
+
+        report = unwrap(track, tasks.evaluate(cfg, final["adapter_dir"], dataset, base, track, run_dir), "evaluation")
+
+        summary = build_summary(
+            cfg=cfg, run_name=run_name, dataset=dataset, base=base, selection=selection,
+            probe_stats=[module_stats, joint_stats], final=final, final_cached=was_cached(final_staged),
+            evaluation=report, tracking={
+                "tracking_uri": track.tracking_uri,
+                "experiment_id": track.tracker().experiment_id,
+                "run_id": track.parent_run_id,
+            },
+            prefect={"flow_run_id": str(flow_run.id)}, wall_seconds=time.perf_counter() - started,
+        )
+        _write_summary(summary, run_dir, track)
+    except BaseException:
+        track.tracker().finish(track.parent_run_id, "FAILED")
+        raise
+    track.tracker().finish(track.parent_run_id, "FINISHED")
+    return summary
+
+
+def _run_probes(cfg, specs, dataset, base, track, stage, progress):
+    """Train the probes of one family in parallel; a probe that fails after its retries becomes a `failed` row."""
+    tracker = track.tracker()
+    stage_run_id = tracker.start_run(stage, parent_id=track.parent_run_id, tags={**track.tags, "mars.stage": stage})
+    probe_track = track.under(stage_run_id)
+    threads = max(1, (os.cpu_count() or 1) // cfg.runtime.probe_parallelism)
+    probe_task = tasks.run_probe.with_options(
+        retries=cfg.runtime.retries, retry_delay_seconds=cfg.runtime.retry_delay_seconds
+    )
+    started = time.perf_counter()
+    futures = [probe_task.submit(cfg, spec, dataset, base, probe_track, threads=threads) for spec in specs]
+
+    rows, trained, cached, failed = [], 0, 0, 0
+    bar = tqdm(total=len(specs), desc=stage.replace("_", " "), unit="probe", disable=not progress)
+    for spec, future in zip(specs, futures):
+        state = future.wait() or future.state
+        if state.is_completed():
+            staged: Staged = future.result()
+            cached += was_cached(staged)
+            trained += not was_cached(staged)
+            rows.append(unwrap(probe_track, staged, "probe", name=f"probe {spec.label}"))
+        else:
+            failed += 1
+            rows.append(probe_lib.failed_row(cfg, spec, reason=str(future.result(raise_on_failure=False))))
+        bar.update(1)
+    bar.close()
+
+    stats = {"total": len(specs), "trained": trained, "cached": cached, "failed": failed,
+             "seconds": sum(r.wall_seconds for r in rows if r.wall_seconds), "samples": sum(r.samples_seen for r in rows)}
+    tracker.log_metrics(stage_run_id, {**stats, "wall_seconds": time.perf_counter() - started})
+    tracker.finish(stage_run_id, "FINISHED")
+    log.info("%s: %d probes, %d trained, %d cached, %d failed", stage, len(specs), trained, cached, failed)
+    return rows, stats
+
+
+def _final_training(cfg, ranks, budget, dataset, base, track):
+    final_task = tasks.final_training.with_options(
+        retries=cfg.runtime.retries, retry_delay_seconds=cfg.runtime.retry_delay_seconds
+    )
+    return final_task(cfg, ranks, budget, dataset, base, track)
+
+
+def _start_tracking(cfg: MarsConfig, run_name: str) -> TrackingContext:
+    workdir = Path(cfg.runtime.workdir).resolve()
+    uri = default_tracking_uri(workdir)
+    tracker = Tracker(uri, cfg.tracking.experiment, artifact_root=workdir / "mlflow-artifacts")
+    tags = {"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit()}
+    parent = tracker.start_run(run_name, tags=tags)
+    tracker.log_params(parent, cfg.model_dump(mode="json"))
+    return TrackingContext(uri, cfg.tracking.experiment, parent, tags)
+
+
+def _write_summary(summary: dict[str, Any], run_dir: Path, track: TrackingContext) -> None:
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True))
+    tmp.replace(path)
+    tracker = track.tracker()
+    tracker.log_artifact(track.parent_run_id, path)
+    tracker.log_metrics(track.parent_run_id, {"final": summary["final"], "cost": summary["cost"]})
+    tracker.set_tags(track.parent_run_id, {"mars.chosen": json.dumps(summary["chosen"])})

@@ -1,0 +1,43 @@
+"""Where Prefect and MLflow keep their state.
+
+With no ``PREFECT_API_URL``, Prefect starts a temporary local server whose
+database lives under the work directory; with no ``MLFLOW_TRACKING_URI``,
+MLflow writes to SQLite there too. Nothing goes to the home directory.
+
+Prefect reads its settings when it is first imported, so
+:func:`configure_services` must run before any ``import prefect``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def configure_services(workdir: Path) -> dict[str, str]:
+    """Point Prefect (and its result cache) at ``workdir`` unless a server is configured.
+
+    Returns the environment settings applied, for the log and the summary.
+    """
+    workdir = workdir.resolve()
+    prefect_home = workdir / "prefect"
+    settings = {
+        # Task results are what the cache returns on a rerun, so they must persist.
+        "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
+        "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "results"),
+        "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_home / "results"),
+        # The usage ping writes to the database while the server migrates it, and
+        # SQLite then reports "database is locked"; MARS is offline by default anyway.
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    if not os.environ.get("PREFECT_API_URL"):
+        settings["PREFECT_HOME"] = str(prefect_home)
+        settings["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+        settings["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
+    for key, value in settings.items():
+        os.environ.setdefault(key, value)
+    prefect_home.mkdir(parents=True, exist_ok=True)
+    # Everything MARS loads is local; a hub id only works where the user set up a network.
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    return {key: os.environ[key] for key in settings}
