@@ -34,12 +34,43 @@ class DataConfig(_Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="What to do with a row whose image or answer is unusable: stop, or skip and count it."
     )
-    seed: int = Field(0, description="Seed for splitting and for the demo's image transforms.")
+    seed: int = Field(0, ge=0, description="Seed for splitting and for the demo's image transforms.")
     val_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of examples held out for validation.")
     test_fraction: float = Field(0.15, gt=0, lt=0.5, description="Share of examples held out for testing.")
     max_train_examples: int | None = Field(
         None, ge=1, description="Cap on the training split (Dstar); None keeps every example."
     )
+    layout: Literal["auto", "vqa", "scienceqa"] = Field(
+        "auto",
+        description=(
+            "Row layout of `parquet` and `hf_disk` sources: `vqa` has question and answer columns; `scienceqa` "
+            "has question, choices, an answer index and an optional hint, turned into a multiple-choice prompt "
+            "whose answer is the option text; `auto` picks `scienceqa` when a choices column exists."
+        ),
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Column names of `parquet` and `hf_disk` sources, by role, where they differ from the role name: "
+            "roles are id, image, question, answer, question_type, choices, hint "
+            "(e.g. {question: query, answer: label})."
+        ),
+    )
+    demo_questions_per_image: int = Field(
+        2, ge=1, le=4, description="Questions of distinct types asked about each image of the `demo_digits` task."
+    )
+
+    @field_validator("columns")
+    @classmethod
+    def _known_column_roles(cls, columns: dict[str, str]) -> dict[str, str]:
+        roles = ("id", "image", "question", "answer", "question_type", "choices", "hint")
+        unknown = sorted(set(columns) - set(roles))
+        if unknown:
+            raise ValueError(f"data.columns has unknown role(s) {unknown}; allowed roles are {list(roles)}")
+        empty = sorted(role for role, name in columns.items() if not name.strip())
+        if empty:
+            raise ValueError(f"data.columns gives an empty column name for role(s) {empty}")
+        return columns
 
 
 class ModelConfig(_Section):
