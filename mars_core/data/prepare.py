@@ -262,7 +262,8 @@ def _assign_carved_splits(source: Source, cfg: DataConfig) -> tuple[dict[str, st
 
     pool: dict[str, None] = {}
     for row in source.rows():
-        if row.split in (None, "train"):
+        # Rows the source already knows are bad get no share of the carved splits.
+        if row.split in (None, "train") and row.problem is None:
             pool.setdefault(row.group or row.location, None)
     groups = list(pool)
     rng = np.random.default_rng(cfg.seed)

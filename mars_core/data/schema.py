@@ -7,8 +7,8 @@ A prepared dataset is a folder::
     <dataset>/validation/part-00000.parquet
     <dataset>/test/part-00000.parquet
 
-Every shard has the columns of ``COLUMNS``. ``image`` holds PNG bytes of a
-mode "L" or "RGB" image, and ``history`` holds a JSON list of earlier
+Every shard has the columns of ``COLUMNS``. ``image`` contains PNG bytes of a
+mode "L" or "RGB" image, and ``history`` contains a JSON list of earlier
 ``[question, answer]`` turns (``"[]"`` for a single-turn example).
 """
 

@@ -56,7 +56,7 @@ class SourceRow:
     ``image`` is the encoded image, a path already resolved inside the image
     folder, or None when the row has none. ``group`` identifies the image, so
     that splitting keeps every row of one image in the same split.
-    ``problem`` is set when the source already knows the row is bad.
+    ``problem`` is set when the source has already found the row bad.
     """
 
     location: str

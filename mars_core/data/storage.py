@@ -187,7 +187,7 @@ class VqaSplit(Sequence[VqaExample]):
     """One split of a prepared dataset, as a sequence of ``VqaExample``.
 
     Text columns are read when the split is opened. Images stay PNG bytes in
-    the parquet files until an example is indexed: the row group that holds
+    the parquet files until an example is indexed: the row group that contains
     it is read (and kept in a small cache), and the image is decoded then.
     Indexing is safe after pickling, so the split can go to DataLoader
     workers.
@@ -230,7 +230,7 @@ class VqaSplit(Sequence[VqaExample]):
 
         if len(self._ids) != expected_rows:
             raise DatasetError(
-                f"{folder / split}: shards hold {len(self._ids)} rows but the manifest says {expected_rows}; "
+                f"{folder / split}: the shards contain {len(self._ids)} rows but the manifest records {expected_rows}; "
                 "prepare the dataset again"
             )
         self._group_starts = [group[0] for group in self._groups]
@@ -281,7 +281,7 @@ class VqaSplit(Sequence[VqaExample]):
         return list(self._types)
 
     def image_bytes(self, index: int) -> bytes:
-        """The stored PNG bytes of one row, without decoding them."""
+        """Return the stored PNG bytes of one row, without decoding them."""
         position = self._position(index)
         group_index = bisect.bisect_right(self._group_starts, position) - 1
         start, file_index, row_group, _ = self._groups[group_index]
