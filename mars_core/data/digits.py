@@ -86,13 +86,13 @@ def split_indices(
 
 
 def pretraining_image(pixels: np.ndarray) -> Image.Image:
-    """The digit as pretraining sees it: light ink on a dark background, upright, no noise."""
+    """Render a digit for pretraining: light ink on a dark background, upright, no noise."""
     gray = np.clip(pixels * (255.0 / 16.0), 0, 255).round().astype(np.uint8)
     return Image.fromarray(gray).resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
 
 
 def finetuning_image(pixels: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    """The digit as fine-tuning sees it: rotated, inverted, with Gaussian pixel noise."""
+    """Render a digit for fine-tuning: rotated, inverted, with Gaussian pixel noise."""
     upright = np.asarray(pretraining_image(pixels), dtype=np.float64)
     rotated = np.rot90(upright, k=ROTATION_DEGREES // 90)
     inverted = 255.0 - rotated

@@ -262,7 +262,7 @@ def _assign_carved_splits(source: Source, cfg: DataConfig) -> tuple[dict[str, st
 
     pool: dict[str, None] = {}
     for row in source.rows():
-        # Rows the source already knows are bad get no share of the carved splits.
+        # Rows the source has already found bad get no share of the carved splits.
         if row.split in (None, "train") and row.problem is None:
             pool.setdefault(row.group or row.location, None)
     groups = list(pool)

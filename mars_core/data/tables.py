@@ -239,10 +239,15 @@ class HfDiskSource:
         except (FileNotFoundError, ValueError) as exc:
             raise DatasetError(f"data.path {self.path} is not a dataset saved with save_to_disk ({exc})") from exc
 
+        parts: dict[str | None, object] = {}
         if isinstance(loaded, datasets.DatasetDict):
-            parts = {normalize_split(name, str(self.path)): part for name, part in loaded.items()}
+            for name, part in loaded.items():
+                split = normalize_split(name, str(self.path))
+                if split in parts:
+                    raise DatasetError(f"data.path {self.path} has two splits that both mean {split!r}; keep one of them")
+                parts[split] = part
         else:
-            parts = {None: loaded}
+            parts[None] = loaded
         self.image_folder = Path(cfg.image_folder).expanduser() if cfg.image_folder else self.path
         self.provided_splits = frozenset(split for split in parts if split is not None)
 
@@ -270,7 +275,7 @@ class HfDiskSource:
 
     def rows(self) -> Iterator[SourceRow]:
         for split, part, columns in self.parts:
-            name = split or "all"
+            name = split or "dataset"
             batches = part.select_columns(columns.columns).iter(batch_size=_BATCH_ROWS)
             for index, values in enumerate(_rows_of(_dict_batch_rows(batch) for batch in batches)):
                 yield columns.to_source_row(values, f"{name} row {index}", f"{name}-{index}", split, self.image_folder)

@@ -258,3 +258,20 @@ def test_llava_changed_answer_changes_fingerprint(tmp_path, image_folder):
 
     assert changed.fingerprint != first.fingerprint
     assert same_again.fingerprint == first.fingerprint
+
+
+def test_llava_too_few_images_to_split_is_rejected(tmp_path, image_folder):
+    path = _write_jsonl(tmp_path / "conversations.jsonl", _records(2))
+
+    with pytest.raises(DatasetError, match="2 distinct images in train are too few"):
+        prepare_dataset(_config(path, image_folder), tmp_path / "out")
+
+
+def test_llava_folder_with_unnamed_files_is_rejected(tmp_path, image_folder):
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    _write_jsonl(folder / "train.jsonl", _records(4))
+    _write_jsonl(folder / "extra.jsonl", _records(4))
+
+    with pytest.raises(DatasetError, match=r"\['extra.jsonl'\] is not named after a split"):
+        prepare_dataset(_config(folder, image_folder), tmp_path / "out")

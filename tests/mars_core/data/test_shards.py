@@ -161,3 +161,15 @@ def test_failed_prepare_leaves_no_files(tmp_path, monkeypatch):
         prepare_dataset(DataConfig(max_train_examples=50), out)
 
     assert list(out.iterdir()) == []
+
+
+def test_incomplete_target_folder_is_not_reused(tmp_path):
+    from mars_core.data.prepare import open_source, recipe_key
+
+    cfg = DataConfig(max_train_examples=50)
+    out = tmp_path / "datasets"
+    target = out / f"demo_digits-{recipe_key(cfg, open_source(cfg))}"
+    (target / "train").mkdir(parents=True)
+
+    with pytest.raises(DatasetError, match="not a complete dataset"):
+        prepare_dataset(cfg, out)
