@@ -121,6 +121,7 @@ class TrainSettings(_Section):
     seed: int = Field(0, description="Seed for initialisation, shuffling and dropout.")
     eval_every: int = Field(128, ge=1, description="Evaluate validation loss every this many samples.")
     val_subset: int = Field(256, ge=1, description="Fixed number of validation examples used for loss curves.")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per forward pass when measuring loss or generating answers.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per run; None divides the cores among parallel probes.")
 
 
@@ -197,6 +198,36 @@ class RuntimeSettings(_Section):
     probe_parallelism: int = Field(2, ge=1, description="Probes trained at the same time.")
     retries: int = Field(1, ge=0, description="Retries for probe and training tasks.")
     retry_delay_seconds: float = Field(1.0, ge=0, description="Wait between retries.")
+    runner: Literal["local", "dask"] = Field(
+        "local",
+        description=(
+            "Where probes train: `local` is a thread pool in the flow's process; `dask` sends each probe to a "
+            "worker of a Dask cluster (needs the `team` extra)."
+        ),
+    )
+    dask_address: str | None = Field(
+        None,
+        description=(
+            "Scheduler of an existing Dask cluster for `runner: dask`, e.g. tcp://10.0.0.5:8786; None starts a "
+            "temporary local cluster with one single-threaded worker per parallel probe."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_runner(self) -> "RuntimeSettings":
+        if self.dask_address is None:
+            return self
+        if self.runner != "dask":
+            raise ValueError(
+                f"runtime.dask_address={self.dask_address!r} is set but runtime.runner is {self.runner!r}; "
+                "set runtime.runner=dask to use the cluster, or remove the address"
+            )
+        if not self.dask_address.strip() or any(c.isspace() for c in self.dask_address):
+            raise ValueError(
+                f"runtime.dask_address={self.dask_address!r} is not a scheduler address; "
+                "give one like tcp://host:8786"
+            )
+        return self
 
 
 class TrackingSettings(_Section):
