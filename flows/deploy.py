@@ -53,22 +53,23 @@ def search_parameters(cfg: MarsConfig, run_name: str | None = None) -> dict[str,
     return {"config": cfg.model_dump(mode="json"), "run_name": run_name, "progress": False}
 
 
-def job_environment(cfg: MarsConfig) -> dict[str, str]:
+def job_environment(cfg: MarsConfig, tracking_uri: str | None = None) -> dict[str, str]:
     """Return the environment every run of the deployment needs, whichever worker starts it.
 
     Task results persist under the work directory, as with ``mars run``, so a
     deployment's runs and local runs on the same work directory share the
-    cache. ``MLFLOW_TRACKING_URI`` travels along when it is set here, so runs
-    record to the team's tracking server rather than to SQLite in the work
-    directory.
+    cache. Without ``tracking_uri`` the runs record wherever the worker's
+    ``MLFLOW_TRACKING_URI`` points: the deployer's own value is not copied,
+    because an address such as 127.0.0.1 means another machine inside a
+    worker's container.
     """
     workdir = Path(cfg.runtime.workdir)
     env = {
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(workdir / "prefect" / "results"),
     }
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
     return env
 
 
@@ -241,6 +242,7 @@ def deploy_search(
     source: str | None = None,
     image: str | None = None,
     run_name: str | None = None,
+    tracking_uri: str | None = None,
     tags: list[str] | None = None,
 ) -> UUID:
     """Create or update a deployment of the MARS search with ``cfg`` as its parameters.
@@ -260,7 +262,7 @@ def deploy_search(
         work_pool,
         search_parameters(cfg, run_name),
         schedules=schedules,
-        job_env=job_environment(cfg),
+        job_env=job_environment(cfg, tracking_uri),
         image=image,
         tags=["mars", *(tags or [])],
         description=f"MARS search: one LoRA rank per module ({modules}); configuration {cfg.digest()}",
@@ -328,6 +330,10 @@ def add_deploy_parser(subparsers: "argparse._SubParsersAction[argparse.ArgumentP
         "installed package (default: this checkout; `installed` with --image)",
     )
     deploy.add_argument("--image", help="container image with mars-lora installed, for Docker or Kubernetes work pools")
+    deploy.add_argument(
+        "--tracking-uri",
+        help="MLflow server that the runs record to, as the worker reaches it (default: the worker's MLFLOW_TRACKING_URI)",
+    )
     deploy.add_argument("--tag", action="append", default=[], help="extra deployment tag (repeatable)")
     deploy.add_argument("overrides", nargs="*", metavar="key=value", help="configuration overrides, e.g. probes.max_rank=64")
     deploy.set_defaults(handler=_cmd_deploy)
@@ -356,6 +362,9 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     from flows.services import configure_services
 
     configure_services(workdir)
+    if args.serve and args.tracking_uri:
+        # Served flow runs inherit this process's environment.
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
     try:
         api_url = check_server()
         if args.serve:
@@ -364,7 +373,8 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
             return 0
         deployment_id = deploy_search(
             cfg, args.name, args.work_pool, cron=args.cron, timezone=args.timezone,
-            source=args.source, image=args.image, run_name=args.run_name, tags=args.tag,
+            source=args.source, image=args.image, run_name=args.run_name,
+            tracking_uri=args.tracking_uri, tags=args.tag,
         )
         removed = clear_schedules(deployment_id) if args.no_schedule else 0
     except DeployError as exc:
@@ -375,7 +385,7 @@ def _cmd_deploy(args: argparse.Namespace) -> int:
     print(f"  work pool   {args.work_pool}")
     print(f"  schedule    {_schedule_text(args, removed)}")
     print(f"  workdir     {workdir}")
-    print(f"  MLflow      {os.environ.get('MLFLOW_TRACKING_URI') or 'not set: runs record to SQLite in the workdir'}")
+    print(f"  MLflow      {args.tracking_uri or 'the worker MLFLOW_TRACKING_URI (SQLite in the workdir when unset)'}")
     print(f"  run it now  prefect deployment run '{FLOW_NAME}/{args.name}'")
     return 0
 

@@ -28,10 +28,15 @@ def test_job_environment_keeps_results_under_workdir(monkeypatch, tmp_path):
     assert "MLFLOW_TRACKING_URI" not in env
 
 
-def test_job_environment_passes_tracking_uri(monkeypatch):
+def test_job_environment_sets_given_tracking_uri():
+    env = deploy.job_environment(MarsConfig(), tracking_uri="http://mlflow:5000")
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+
+
+def test_job_environment_ignores_deployer_tracking_uri(monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
     env = deploy.job_environment(MarsConfig())
-    assert env["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5000"
+    assert "MLFLOW_TRACKING_URI" not in env
 
 
 def test_cron_schedule_uses_fixed_slug():
