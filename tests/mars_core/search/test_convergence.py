@@ -134,3 +134,14 @@ def test_convergence_time_scales_with_sample_units(scale, seed):
 
     assert status_scaled == status_base
     assert t_scaled == pytest.approx(t_base * scale, rel=1e-4)
+
+
+def test_overfitting_curve_is_fitted_up_to_minimum():
+    samples = np.arange(0, 4097, 64)
+    loss = 1.0 + 2.0 * np.exp(-samples / 300.0) + 2e-4 * samples  # falls, then rises again
+
+    t_conv, status, details = curve_to_convergence(list(zip(samples, loss)), 4096)
+
+    assert status == "ok"
+    assert "after which the loss rises" in details.message
+    assert 0.7 * 300 * math.log(20) < t_conv < 1.05 * 300 * math.log(20)
