@@ -27,10 +27,9 @@ time. The status of the result shows how far to trust it:
     first evaluation at which the smoothed loss is within ``delta`` of the
     best observed improvement.
 
-The noise is estimated from second differences of the loss. With 2% noise
-and a flat curve, about 1 in 100 curves of 17 evaluations passes the
-signal test by chance, and none of 500 with 33 or more evaluations
-(``synthetic`` curves, measured with the constants below).
+The noise is estimated from second differences of the loss. On 500
+simulated flat curves with 2% Gaussian noise per length, 4 curves of 17
+evaluations passed the signal test by chance, and none of 33, 65 or 129.
 
 A curve that rises again after its minimum (overfitting) is fitted only up
 to that minimum. Record an evaluation at 0 samples, before the first step,
@@ -279,9 +278,9 @@ def _signal_strength(loss: np.ndarray, noise: float) -> str:
     ``weak``: the mean of the first quarter lies above the mean of the last
     quarter by more than ``SIGNAL_Z`` standard errors. ``strong``: the first
     quarter lies above the best stretch of the same length by more than
-    ``STRONG_SIGNAL_Z`` standard errors; the higher bar pays for picking the
-    best of many stretches, and it also catches curves that rise again at
-    the end. Only a strong signal may fall back to the empirical time.
+    ``STRONG_SIGNAL_Z`` standard errors. The higher bar pays for picking the
+    best of many stretches. This test also catches curves that rise again
+    at the end. Only a strong signal may fall back to the empirical time.
     """
     q = _window(loss)
     standard_error = noise * math.sqrt(2.0 / q)
