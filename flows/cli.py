@@ -140,14 +140,13 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if args.target_n_train < 1:
         raise InputError(f"--target-n-train={args.target_n_train} must be a positive number of training examples")
 
-    from mars_core.search import api as search_api
-    from mars_core.search.probe_table import ProbeTableError
+    from mars_core.search import ProbeTableError, fit_from_table, format_candidate_table
 
     try:
-        selection = search_api.fit_from_table(args.probes, args.target_n_train, cfg, args.out)
+        selection = fit_from_table(args.probes, args.target_n_train, cfg.lora.modules, cfg.probes, cfg.search, args.out)
     except ProbeTableError as exc:
         raise InputError(str(exc)) from exc
-    print(search_api.format_candidate_table(selection))
+    print(format_candidate_table(selection))
     print(f"\nwrote {args.out / 'selection.json'} and plots in {args.out}/")
     return 0
 

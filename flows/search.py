@@ -40,12 +40,12 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
         track = track.with_tags(**{"mars.dataset_fingerprint": dataset.fingerprint, "mars.base_model": base.name})
         track.tracker().set_tags(track.parent_run_id, track.tags)
 
-        module_specs = probe_lib.plan_module_probes(cfg, dataset.n_train)
+        module_specs = probe_lib.plan_module_probes(cfg, dataset, base)
         module_rows, module_stats = _run_probes(cfg, module_specs, dataset, base, track, "module_probes", progress)
 
-        pruned = unwrap(track, tasks.fit_law_t_and_prune(cfg, module_rows, dataset.n_train, track, run_dir), "law_t")
+        pruned = unwrap(track, tasks.fit_law_t_and_prune(cfg, module_rows, dataset.n_train, track), "law_t")
 
-        joint_specs = probe_lib.plan_joint_probes(cfg, pruned.law_t, dataset.n_train)
+        joint_specs = probe_lib.plan_joint_probes(cfg, pruned.law_t, dataset, base)
         joint_rows, joint_stats = _run_probes(cfg, joint_specs, dataset, base, track, "joint_probes", progress)
 
         selection = unwrap(
@@ -102,7 +102,8 @@ def _run_probes(cfg, specs, dataset, base, track, stage, progress):
             rows.append(unwrap(probe_track, staged, "probe", name=f"probe {spec.label}"))
         else:
             failed += 1
-            rows.append(probe_lib.failed_row(cfg, spec, reason=str(future.result(raise_on_failure=False))))
+            log.warning("probe %s failed after its retries: %s", spec.label, future.result(raise_on_failure=False))
+            rows.append(probe_lib.failed_row(spec))
         bar.update(1)
     bar.close()
 

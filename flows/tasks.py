@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,8 @@ from mars_core import probes as probe_lib
 from mars_core.config import MarsConfig
 from mars_core.data import DatasetInfo, prepare_dataset as build_dataset, validate_dataset
 from mars_core.model import BaseModelInfo, prepare_base_model
-from mars_core.search import api as search_api
-from mars_core.search.probe_table import ProbeRow
+from mars_core import search
+from mars_core.search import ProbeRow, PruneResult, Selection
 from mars_core.train import RunSpec, evaluate as evaluate_adapter, train_run
 
 log = logging.getLogger("mars")
@@ -109,8 +110,8 @@ def run_probe(
         rec.tracker.set_tags(rec.run_id, {"mars.probe_id": row.probe_id, "mars.probe_status": row.status})
         rec.metrics.update(probe_lib.row_metrics(row))
         if row.status == "failed":
-            # The row stays in the table as `failed`; raising here lets Prefect retry.
-            raise RuntimeError(f"probe {spec.label} failed: {row.reason}")
+            # Raising lets Prefect retry; after the last retry the flow keeps a `failed` row.
+            raise RuntimeError(f"probe {spec.label} failed; see the log above for the reason")
     return rec.staged(row)
 
 
@@ -119,38 +120,45 @@ def run_probe(
 
 @task(name="fit-law-t-and-prune")
 def fit_law_t_and_prune(
-    cfg: MarsConfig, rows: list[ProbeRow], n_train: int, track: TrackingContext, run_dir: Path
-) -> Staged[search_api.PruneResult]:
+    cfg: MarsConfig, rows: list[ProbeRow], n_train: int, track: TrackingContext
+) -> Staged[PruneResult]:
     """Fit Law-T per module on the module probes and keep the aligned rank pairs."""
     with stage_run(track, "law_t") as rec:
-        law_t = search_api.fit_convergence_laws(rows, cfg.lora.modules, cfg.search)
-        pruned = search_api.prune(law_t, cfg.probes.grid(), n_train, cfg.search)
-        rec.tracker.log_metrics(rec.run_id, probe_lib.law_t_metrics(law_t, pruned))
-        rec.metrics["candidates_after_pruning"] = len(pruned.candidates)
+        law_t = search.fit_convergence_laws(
+            rows, cfg.lora.modules, bootstrap=cfg.search.bootstrap, seed=cfg.search.seed
+        )
+        pruned = search.prune(law_t, cfg.probes.grid(), n_train, cfg.search.tolerance, cfg.search.default_ranks)
+        rec.metrics.update(probe_lib.law_t_metrics(law_t, pruned))
+        rec.tracker.log_json(rec.run_id, pruned.to_dict() | {"law_t": law_t.to_dict()}, "law_t.json")
     return rec.staged(pruned)
 
 
 @task(name="fit-law-p-and-select")
 def fit_law_p_and_select(
     cfg: MarsConfig,
-    pruned: search_api.PruneResult,
+    pruned: PruneResult,
     module_rows: list[ProbeRow],
     joint_rows: list[ProbeRow],
     n_train: int,
     track: TrackingContext,
     run_dir: Path,
-) -> Staged[search_api.Selection]:
+) -> Staged[Selection]:
     """Fit Law-P on the joint probes and select the aligned pair with the lowest predicted loss."""
     with stage_run(track, "law_p") as rec:
-        selection = search_api.select_from_rows(pruned, module_rows, joint_rows, cfg, n_train)
-        table = run_dir / "probes.parquet"
-        search_api.write_probe_table(module_rows + joint_rows, table, cfg.lora.modules)
-        search_api.write_selection(selection, run_dir)
+        rows = module_rows + joint_rows
+        param_model = search.fit_trainable_params(rows, cfg.lora.modules)
+        law_p = search.fit_performance_law(
+            rows, cfg.lora.modules, param_model,
+            form=cfg.search.law_p_form, bootstrap=cfg.search.bootstrap, seed=cfg.search.seed,
+        )
+        selection = search.select(pruned, law_p, param_model, cfg.search.max_trainable_params)
+        search.write_probe_table(rows, run_dir / "probes.parquet", cfg.lora.modules)
+        search.write_selection_outputs(selection, run_dir)
         for name in ("probes.parquet", "selection.json"):
             rec.tracker.log_artifact(rec.run_id, run_dir / name)
         for plot in sorted(run_dir.glob("*.png")):
             rec.tracker.log_artifact(rec.run_id, plot, "plots")
-        rec.tracker.log_metrics(rec.run_id, probe_lib.selection_metrics(selection))
+        rec.metrics.update(probe_lib.selection_metrics(selection))
     return rec.staged(selection)
 
 
@@ -182,7 +190,7 @@ def final_training(
     out_dir = _workdir(cfg) / "final" / _final_key(None, locals())
     with stage_run(track, "final_training") as rec:
         spec = RunSpec(ranks=dict(ranks), n_train=dataset.n_train, budget_samples=budget_samples, kind="final")
-        result = train_run(cfg, base, dataset, spec, out_dir, threads=None, progress=True)
+        result = train_run(cfg, base, dataset, spec, out_dir, threads=os.cpu_count(), progress=True)
         rec.tracker.log_params(rec.run_id, {"ranks": ranks, "budget_samples": budget_samples})
         rec.tracker.log_curve(rec.run_id, "val_loss", result.curve)
         if result.status != "ok":
