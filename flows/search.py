@@ -62,7 +62,7 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
         report = unwrap(track, tasks.evaluate(cfg, final["adapter_dir"], dataset, base, track, run_dir), "evaluation")
 
         summary = build_summary(
-            cfg=cfg, run_name=run_name, dataset=dataset, base=base, selection=selection,
+            cfg=cfg, run_name=run_name, run_dir=run_dir, dataset=dataset, base=base, selection=selection,
             probe_stats=[module_stats, joint_stats], final=final, final_cached=was_cached(final_staged),
             evaluation=report, tracking={
                 "tracking_uri": track.tracking_uri,
@@ -107,7 +107,7 @@ def _run_probes(cfg, specs, dataset, base, track, stage, progress):
         bar.update(1)
     bar.close()
 
-    stats = {"total": len(specs), "trained": trained, "cached": cached, "failed": failed,
+    stats = {"family": stage, "total": len(specs), "trained": trained, "cached": cached, "failed": failed,
              "seconds": sum(r.wall_seconds for r in rows if r.wall_seconds), "samples": sum(r.samples_seen for r in rows)}
     tracker.log_metrics(stage_run_id, {**stats, "wall_seconds": time.perf_counter() - started})
     tracker.finish(stage_run_id, "FINISHED")

@@ -170,7 +170,7 @@ def row_metrics(row: ProbeRow) -> dict[str, float | None]:
 
 
 def law_t_metrics(law_t: LawTResult, pruned: PruneResult) -> dict[str, float | None]:
-    metrics: dict[str, float | None] = {"candidates_after_pruning": len(pruned.kept)}
+    metrics: dict[str, float | None] = {"candidates_after_pruning": len(pruned.kept())}
     for module, law in law_t.laws.items():
         metrics[f"law_t.{module}.r2"] = law.r2_log
         metrics[f"law_t.{module}.loo_rel_error"] = law.loo_relative_error
