@@ -269,6 +269,31 @@ def deploy_search(
     )
 
 
+def serve_flow(
+    flow: "Flow[..., Any]",
+    name: str,
+    parameters: dict[str, Any],
+    *,
+    schedules: list[Any] | None = None,
+    tags: list[str] | None = None,
+    description: str | None = None,
+) -> None:
+    """Create or update deployment ``name`` of ``flow`` and run its flow runs from this process until stopped.
+
+    One flow run at a time: a search trains models, and two at once would
+    compete for the same cores or GPU.
+    """
+    flow.serve(
+        name=name,
+        schedules=schedules,
+        parameters=parameters,
+        tags=tags,
+        description=description,
+        limit=1,
+        print_starting_message=False,
+    )
+
+
 def serve_search(
     cfg: MarsConfig,
     name: str,
@@ -278,19 +303,19 @@ def serve_search(
     run_name: str | None = None,
     tags: list[str] | None = None,
 ) -> None:
-    """Create deployment ``name`` and run its flow runs from this process until interrupted.
+    """Serve the MARS search as deployment ``name`` from this process until interrupted.
 
     The runs inherit this process's environment, so the caller sets the
-    result storage and ``MLFLOW_TRACKING_URI`` first (``mars deploy --serve``
-    does so through :func:`flows.services.configure_services`).
+    result storage and ``MLFLOW_TRACKING_URI`` first, as ``mars deploy
+    --serve`` does.
     """
     from flows.search import mars_search
 
-    schedules = cron_schedules(cron, timezone)
-    mars_search.serve(
-        name=name,
-        schedules=schedules,
-        parameters=search_parameters(cfg, run_name),
+    serve_flow(
+        mars_search,
+        name,
+        search_parameters(cfg, run_name),
+        schedules=cron_schedules(cron, timezone),
         tags=["mars", *(tags or [])],
         description=f"MARS search served from {os.uname().nodename}; configuration {cfg.digest()}",
     )

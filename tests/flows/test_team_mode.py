@@ -401,6 +401,53 @@ def test_redeploy_replaces_then_clears_schedule(prefect_api, worker, tmp_path):
         assert client.read_deployment_schedules(deployment_id) == []
 
 
+SERVE_SMOKE = """
+import json, sys
+from flows.deploy import load_flow, serve_flow
+source, parameters = sys.argv[1], json.loads(sys.argv[2])
+serve_flow(load_flow(source, "smoke.py:team_smoke"), "served", parameters)
+"""
+
+
+def test_served_flow_runs_from_serving_process(servers, prefect_api, dask_cluster, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from mars_core.config import load_config
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "smoke.py").write_text(SMOKE_FLOW)
+    cfg = load_config(None, ["runtime.runner=dask", f"runtime.dask_address={dask_cluster}"])
+    out = tmp_path / "served.json"
+    parameters = {"config": cfg.model_dump(mode="json"), "out": str(out), "tracking_uri": servers["mlflow_tracking_uri"]}
+    env = _clean_env(
+        PREFECT_API_URL=servers["prefect_api_url"],
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_RUNNER_POLL_FREQUENCY="1",
+    )
+    serving = Service("serve", [sys.executable, "-c", SERVE_SMOKE, str(source), json.dumps(parameters)], env, tmp_path)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            assert serving.process.poll() is None, serving.log_tail()
+            with get_client(sync_client=True) as client:
+                try:
+                    client.read_deployment_by_name("team-smoke/served")
+                    break
+                except ObjectNotFound:
+                    pass
+            assert time.monotonic() < deadline, f"deployment team-smoke/served not created:\n{serving.log_tail()}"
+            time.sleep(1)
+
+        flow_run = _run_deployment("team-smoke/served", serving)
+    finally:
+        serving.stop()
+
+    assert flow_run.state.is_completed(), serving.log_tail()
+    assert len(set(json.loads(out.read_text())["workers"])) == 2
+
+
 def test_gpu_work_pool_template_is_accepted_by_server(prefect_api):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -413,3 +460,136 @@ def test_gpu_work_pool_template_is_accepted_by_server(prefect_api):
     limits = pool.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "{{ gpu_count }}"
     assert pool.base_job_template["variables"]["properties"]["gpu_count"]["default"] == 1
+
+
+# ---------------------------------------------------------------- the search, deployed, failed and retried
+
+# A search small enough for a test: ranks 2..8, two probe ranks per module, four joint probes.
+REDUCED_SEARCH = [
+    "probes.max_rank=8",
+    "probes.min_rank=2",
+    "probes.ranks_per_module=2",
+    "probes.joint_probes=4",
+    "probes.module_budget_samples=256",
+    "final.budget=epochs",
+    "final.epochs=0.5",
+    "data.max_train_examples=200",
+]
+
+# Builds `mars` from the two subcommand modules, for a CLI that does not register them.
+_MARS_SUBCOMMANDS = """
+import argparse, logging, sys
+from flows.deploy import add_deploy_parser
+from flows.lineage import add_lineage_parser
+logging.basicConfig(level=logging.INFO)
+parser = argparse.ArgumentParser(prog="mars")
+subparsers = parser.add_subparsers(dest="command", required=True)
+add_deploy_parser(subparsers)
+add_lineage_parser(subparsers)
+args = parser.parse_args(sys.argv[1:])
+sys.exit(args.handler(args))
+"""
+
+
+def _mars(args: list[str], env: dict[str, str]) -> str:
+    """Run `mars ARGS` in a subprocess, as a user would, and return its output."""
+    probe = subprocess.run(
+        [sys.executable, "-m", "flows.cli", args[0], "--help"], env=env, capture_output=True, text=True, timeout=120
+    )
+    command = [sys.executable, "-m", "flows.cli"] if probe.returncode == 0 else [sys.executable, "-c", _MARS_SUBCOMMANDS]
+    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"mars {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def _mlflow_runs(postgres: str, experiment: str) -> dict[str, dict]:
+    """Read the experiment's runs and their tags straight from MLflow's PostgreSQL tables."""
+    rows = _query(
+        postgres, "mlflow",
+        "SELECT r.run_uuid, r.status, t.key, t.value FROM runs r "
+        "JOIN experiments e ON e.experiment_id = r.experiment_id "
+        "JOIN tags t ON t.run_uuid = r.run_uuid WHERE e.name = %s",
+        (experiment,),
+    )
+    runs: dict[str, dict] = {}
+    for run_id, status, key, value in rows:
+        runs.setdefault(run_id, {"status": status, "tags": {}})["tags"][key] = value
+    return runs
+
+
+def _runs_of(runs: dict[str, dict], flow_run_id, stage: str) -> dict[str, dict]:
+    return {
+        run_id: run for run_id, run in runs.items()
+        if run["tags"].get("prefect.flow_run_id") == str(flow_run_id) and run["tags"].get("mars.stage") == stage
+    }
+
+
+def test_search_deployed_on_dask_retries_from_cache(servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    workdir = tmp_path / "work"
+    experiment = "team-search"
+    overrides = [
+        *REDUCED_SEARCH,
+        "runtime.runner=dask",
+        f"runtime.dask_address={dask_cluster}",
+        "runtime.retries=0",
+        f"tracking.experiment={experiment}",
+        "tracking.run_name=team",
+    ]
+    env = _clean_env(PREFECT_API_URL=servers["prefect_api_url"], PREFECT_HOME=str(tmp_path / "prefect-home"))
+    _mars(
+        ["deploy", "--name", "reduced", "--work-pool", POOL, "--workdir", str(workdir),
+         "--tracking-uri", servers["mlflow_tracking_uri"], *overrides],
+        env,
+    )
+
+    # The first run fails in final training: a file stands where its output folder goes.
+    workdir.mkdir()
+    blocker = workdir / "final"
+    blocker.write_text("a file where final training writes its folder, so that the stage fails\n")
+    first = _run_deployment("mars-search/reduced", worker)
+    assert first.state.is_failed(), f"the injected failure did not fail the run ({first.state.type.value}):\n{worker.log_tail()}"
+
+    # A new run of the same deployment, as a team retries from the UI.
+    blocker.unlink()
+    second = _run_deployment("mars-search/reduced", worker)
+    assert second.state.is_completed(), worker.log_tail(80)
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(second.id).state.is_completed()
+
+    runs = _mlflow_runs(postgres, experiment)
+    first_probes = _runs_of(runs, first.id, "probe")
+    second_probes = _runs_of(runs, second.id, "probe")
+    summary = json.loads((workdir / "runs" / "team" / "summary.json").read_text())
+    total = summary["probes"]["total"]
+
+    # The failed run trained every probe, spread over both Dask workers.
+    trained_first = {run_id: run for run_id, run in first_probes.items() if run["status"] == "FINISHED"}
+    assert len(trained_first) == total
+    assert {run["tags"].get("mars.worker") for run in trained_first.values()} == _dask_workers(dask_cluster)
+    assert [run["status"] for run in _runs_of(runs, first.id, "final_training").values()] == ["FAILED"]
+
+    # The retry computed no probe again: each one points to the run that trained it.
+    assert summary["probes"]["cached"] == total
+    assert summary["probes"]["trained"] == 0
+    assert len(second_probes) == total
+    assert {run["tags"].get("mars.cached_from_run_id") for run in second_probes.values()} == set(trained_first)
+    assert [run["status"] for run in _runs_of(runs, second.id, "final_training").values()] == ["FINISHED"]
+
+    # The summary names the MLflow run that PostgreSQL holds for the retry.
+    parent = runs[summary["mlflow"]["run_id"]]
+    assert parent["status"] == "FINISHED"
+    assert parent["tags"]["prefect.flow_run_id"] == str(second.id)
+    assert summary["prefect"]["flow_run_id"] == str(second.id)
+
+    # Lineage follows every cached link back to the first flow run's task runs.
+    lineage = json.loads(_mars(["lineage", "team", "--workdir", str(workdir), "--json"], env))
+    assert lineage["missing"] == []
+    assert lineage["prefect_flow_run_id"] == str(second.id)
+    cached_probes = lineage["probes"]["module_probes"] + lineage["probes"]["joint_probes"]
+    assert len(cached_probes) == total
+    assert {probe["prefect_flow_run_id"] for probe in cached_probes} == {str(first.id)}
+    assert all(probe["prefect_task_run_id"] for probe in cached_probes)
+    assert lineage["stages"]["final_training"]["prefect_flow_run_id"] == str(second.id)
+    assert Path(lineage["adapter"]).is_dir()
