@@ -1,0 +1,121 @@
+"""Locate or build the base model, fingerprint it, and load it for a run."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mars_core.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+# Files whose bytes define a local model for its fingerprint.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_CONFIG_FILES = ("config.json", "generation_config.json", "preprocessor_config.json", "processor_config.json",
+                 "tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json")
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """A base model folder that ``from_pretrained`` can load, and a fingerprint of its content."""
+
+    path: str
+    fingerprint: str
+    name: str
+
+
+def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = False, recipe=None) -> BaseModelInfo:
+    """Build (``demo``) or locate the base model.
+
+    ``name_or_path == "demo"`` builds, pretrains and caches the embedded demo
+    model under ``cache_root`` (``recipe`` replaces the default
+    ``DemoRecipe``, e.g. a shorter one for tests). A local folder is used as
+    it is, fingerprinted from its configuration and weight files.
+
+    Raises ``FileNotFoundError`` for a path that does not exist: hub ids
+    are not downloaded, because that needs network access.
+    """
+    if cfg.name_or_path == "demo":
+        from mars_core.model.demo import build_demo_model
+
+        path, key = build_demo_model(Path(cache_root), recipe=recipe, progress=progress)
+        return BaseModelInfo(path=str(path), fingerprint=key, name="demo")
+
+    path = Path(cfg.name_or_path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"model.name_or_path={cfg.name_or_path!r} is not an existing folder. Hub ids are not downloaded "
+            "here (that needs network access): download the model first (e.g. `huggingface-cli download`) "
+            "and pass its local folder, or use `demo`."
+        )
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{path} has no config.json, so it is not a transformers model folder; pass the folder that "
+            "save_pretrained wrote"
+        )
+    log.info("base model: fingerprinting %s", path)
+    fingerprint = fingerprint_folder(path)
+    log.info("base model: %s, fingerprint %s", path, fingerprint[:16])
+    return BaseModelInfo(path=str(path.resolve()), fingerprint=fingerprint, name=path.name)
+
+
+def fingerprint_folder(path: Path) -> str:
+    """sha256 over the configuration files and the weight files of a model folder, by name and content."""
+    sha = hashlib.sha256()
+    files = sorted(
+        p for p in path.rglob("*")
+        if p.is_file() and (p.name in _CONFIG_FILES or p.suffix in _WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
+    )
+    for file in files:
+        sha.update(f"{file.relative_to(path).as_posix()}|{file.stat().st_size}|".encode())
+        with file.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(cfg: ModelConfig) -> torch.device:
+    """The device runs use: ``auto`` takes CUDA when it is available."""
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("model.device=cuda but torch sees no CUDA device; set model.device=cpu or auto")
+    return torch.device(cfg.device)
+
+
+def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, object]:
+    """Load the model and its processor from the base folder, on the configured device and dtype."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(
+        base.path, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
+    )
+    processor = AutoProcessor.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
+    model.to(resolve_device(cfg))
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model, processor
+
+
+def meta_model(cfg: ModelConfig, base: BaseModelInfo) -> nn.Module:
+    """The base model's module tree on the meta device: shapes without weights, for counting."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    config = AutoConfig.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
+    with torch.device("meta"):
+        return AutoModelForImageTextToText.from_config(config, trust_remote_code=cfg.trust_remote_code)
+
+
+def read_demo_metadata(base: BaseModelInfo) -> dict | None:
+    """The demo's ``mars_demo.json`` (recipe and pretraining numbers), or None for other models."""
+    path = Path(base.path) / "mars_demo.json"
+    return json.loads(path.read_text()) if path.is_file() else None
