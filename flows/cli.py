@@ -121,7 +121,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     configure_services(workdir)
     from flows.runner import run_search  # imports prefect: after configure_services
 
-    summary = run_search(cfg, run_name=args.run_name, progress=not args.no_progress)
+    try:
+        summary = run_search(cfg, run_name=args.run_name, progress=not args.no_progress)
+    except Exception as exc:  # the flow has logged the traceback and marked its runs failed
+        print(
+            f"mars: error: the search failed: {type(exc).__name__}: {exc}\n"
+            f"Finished stages are cached under {workdir}; rerun the same command to resume from them.",
+            file=sys.stderr,
+        )
+        return 1
     print(format_summary(summary))
     return 0
 

@@ -26,10 +26,6 @@ def configure_services(workdir: Path) -> dict[str, str]:
         "PREFECT_RESULTS_PERSIST_BY_DEFAULT": "true",
         "PREFECT_LOCAL_STORAGE_PATH": str(prefect_home / "results"),
         "PREFECT_RESULTS_LOCAL_STORAGE_PATH": str(prefect_home / "results"),
-        # The usage ping writes to the database while the server migrates it, and
-        # SQLite then reports "database is locked"; MARS is offline by default anyway.
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
     }
     if not os.environ.get("PREFECT_API_URL"):
         settings["PREFECT_HOME"] = str(prefect_home)

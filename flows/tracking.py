@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # MLflow rejects a param value longer than this many characters.
 _MAX_PARAM_LENGTH = 6000
+# MLflow rejects a dataset digest longer than this many characters.
+_MAX_DIGEST_LENGTH = 36
 # Batches for log_batch stay well under MLflow's limit of 1000 metrics per call.
 _BATCH = 500
 
@@ -144,7 +146,7 @@ class Tracker:
         """Record the dataset as an MLflow input of the run, keyed by its content fingerprint."""
         dataset = Dataset(
             name=name,
-            digest=fingerprint,
+            digest=fingerprint[:_MAX_DIGEST_LENGTH],
             source_type="local",
             source=json.dumps({"uri": source}),
             profile=json.dumps(profile),
