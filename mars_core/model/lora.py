@@ -242,3 +242,29 @@ def _cached_shapes(path: str, fingerprint: str, patterns_json: str, trust_remote
     base = BaseModelInfo(path=path, fingerprint=fingerprint, name="")
     model = meta_model(ModelConfig(name_or_path=path, trust_remote_code=trust_remote_code), base)
     return model_shapes(model, json.loads(patterns_json))
+
+
+
+def trainable_param_coefficients(cfg: MarsConfig, base) -> tuple[int, dict[str, int]]:
+    """Coefficients of the exact count ``N(ranks) = n0 + sum_m per_rank[m] * r_m``.
+
+    ``per_rank[m]`` is the sum of ``in + out`` over module ``m``'s linear
+    layers. ``n0`` counts what is trained whatever the ranks are: the
+    projector in full, or its LoRA of ``lora.projector_rank``.
+    """
+    shapes = _cached_shapes(base.path, base.fingerprint, json.dumps(cfg.model.module_patterns, sort_keys=True),
+                            cfg.model.trust_remote_code)
+    _check_modules_found(cfg, shapes.targets)
+    per_rank = {
+        module: sum(shapes.layer_widths[layer] for layer in shapes.targets[module].linear_layers)
+        for module in cfg.lora.modules
+    }
+
+    n0 = 0
+    projector = shapes.targets.get(PROJECTOR)
+    if PROJECTOR not in cfg.lora.modules and projector is not None:
+        if cfg.lora.projector == "train":
+            n0 = shapes.prefix_params[projector.prefix]
+        elif cfg.lora.projector == "lora":
+            n0 = cfg.lora.projector_rank * sum(shapes.layer_widths[layer] for layer in projector.linear_layers)
+    return n0, per_rank

@@ -189,3 +189,15 @@ def test_third_module_from_pattern_gets_own_rank(small_base_model):
             expected = ranks["llm"]
         assert module.lora_A["default"].weight.shape[0] == expected, name
     assert count_trainable_params(cfg, small_base_model, ranks) == _trainable_count(model)
+
+
+@pytest.mark.parametrize("projector", ["train", "freeze", "lora"])
+def test_coefficients_reproduce_counts(small_base_model, projector):
+    from mars_core.model.lora import trainable_param_coefficients
+
+    cfg = _config(projector=projector)
+    n0, per_rank = trainable_param_coefficients(cfg, small_base_model)
+
+    for ranks in ({"vision": 2, "llm": 8}, {"vision": 64, "llm": 1}):
+        expected = n0 + sum(per_rank[m] * r for m, r in ranks.items())
+        assert count_trainable_params(cfg, small_base_model, ranks) == expected
