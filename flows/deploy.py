@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("mars")
 
 FLOW_NAME = "mars-search"
-SEARCH_ENTRYPOINT = "flows/search.py:mars_search"
+# A module path, not `flows/search.py:mars_search`: Prefect loads a flow file as a
+# top-level module (`search`), which Dask workers cannot import when the flow's
+# context travels with each probe they train.
+SEARCH_ENTRYPOINT = "flows.search.mars_search"
 # One slug for the schedule `mars deploy` manages, so a redeploy replaces it instead of adding a second one.
 SCHEDULE_SLUG = "mars-cron"
 INSTALLED = "installed"
@@ -76,7 +79,15 @@ def job_environment(cfg: MarsConfig, tracking_uri: str | None = None) -> dict[st
 def default_source() -> str:
     """Return the checkout that ``flows`` is imported from, or ``installed`` for a non-editable install."""
     root = Path(__file__).resolve().parent.parent
-    return str(root) if (root / "pyproject.toml").is_file() and (root / SEARCH_ENTRYPOINT.split(":")[0]).is_file() else INSTALLED
+    is_checkout = (root / "pyproject.toml").is_file() and _entrypoint_file(str(root), SEARCH_ENTRYPOINT).is_file()
+    return str(root) if is_checkout else INSTALLED
+
+
+def _entrypoint_file(source: str, entrypoint: str) -> Path:
+    """Return the file of ``path/to/file.py:function`` or ``package.module.function`` under ``source``."""
+    if ":" in entrypoint:
+        return Path(source, entrypoint.split(":")[0])
+    return Path(source, *entrypoint.split(".")[:-1]).with_suffix(".py")
 
 
 def cron_schedules(cron: str | None, timezone: str) -> list[Any] | None:
@@ -156,8 +167,8 @@ def load_flow(source: str, entrypoint: str = SEARCH_ENTRYPOINT) -> "Flow[..., An
     """Load the flow that a deployment will run.
 
     ``source`` is a folder or git URL that contains ``entrypoint``
-    (``path/to/file.py:function``), or ``installed`` for the flow of the
-    installed ``flows`` package.
+    (``path/to/file.py:function`` or ``package.module.function``), or
+    ``installed`` for the flow of the installed ``flows`` package.
     """
     if source == INSTALLED:
         from flows.search import mars_search
@@ -166,8 +177,9 @@ def load_flow(source: str, entrypoint: str = SEARCH_ENTRYPOINT) -> "Flow[..., An
 
     from prefect import Flow
 
-    if "://" not in source and not Path(source, entrypoint.split(":")[0]).is_file():
-        raise DeployError(f"--source {source}: {entrypoint.split(':')[0]} not found there; give the root of a MARS checkout")
+    file = _entrypoint_file(source, entrypoint)
+    if "://" not in source and not file.is_file():
+        raise DeployError(f"--source {source}: {file} not found; give the root of a MARS checkout")
     return Flow.from_source(source=source, entrypoint=entrypoint)
 
 

@@ -66,7 +66,7 @@ def test_default_source_is_this_checkout():
 
 
 def test_source_without_entrypoint_is_rejected(tmp_path):
-    with pytest.raises(deploy.DeployError, match="not found there"):
+    with pytest.raises(deploy.DeployError, match="search.py not found"):
         deploy.load_flow(str(tmp_path))
 
 

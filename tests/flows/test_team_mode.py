@@ -179,6 +179,50 @@ def _query(postgres: str, database: str, sql: str, params: tuple = ()) -> list[t
         connection.close()
 
 
+# ---------------------------------------------------------------- the demo base model
+
+BUILD_DEMO_MODEL = """
+import sys
+from pathlib import Path
+from mars_core.config import ModelConfig
+from mars_core.model import prepare_base_model
+prepare_base_model(ModelConfig(), Path(sys.argv[1]))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_models(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, Path]]:
+    """Start pretraining the demo base model in the background; yield the process and its models folder.
+
+    The search's base-model stage reuses a model it finds in ``<workdir>/models``,
+    as a team's shared disk would hold it, so the minutes of pretraining
+    overlap the server start-up and the smoke tests.
+    """
+    folder = tmp_path_factory.mktemp("models")
+    log = (folder.parent / "demo-model.log").open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-c", BUILD_DEMO_MODEL, str(folder)], stdout=log, stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        yield process, folder
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(30)
+        log.close()
+
+
+def _wait_for_demo_model(demo_models: tuple[subprocess.Popen, Path], timeout: float = 900) -> None:
+    process, folder = demo_models
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"pretraining the demo base model took over {timeout:.0f} s")
+    log = (folder.parent / "demo-model.log").read_text(errors="replace")
+    assert process.returncode == 0, f"pretraining the demo base model failed:\n{log[-3000:]}"
+
+
 # ---------------------------------------------------------------- Prefect, MLflow, Dask
 
 
@@ -341,7 +385,7 @@ def team_smoke(config: dict, out: str, tracking_uri: str) -> None:
 '''
 
 
-def test_smoke_flow_runs_on_worker_and_dask(servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
+def test_smoke_flow_runs_on_worker_and_dask(demo_models, servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.deploy import cron_schedules, deploy_flow, load_flow
@@ -524,7 +568,9 @@ def _runs_of(runs: dict[str, dict], flow_run_id, stage: str) -> dict[str, dict]:
     }
 
 
-def test_search_deployed_on_dask_retries_from_cache(servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
+def test_search_deployed_on_dask_retries_from_cache(
+    demo_models, servers, prefect_api, dask_cluster, worker, postgres, tmp_path
+):
     from prefect.client.orchestration import get_client
 
     workdir = tmp_path / "work"
@@ -544,8 +590,11 @@ def test_search_deployed_on_dask_retries_from_cache(servers, prefect_api, dask_c
         env,
     )
 
+    # The base model that the first run would otherwise pretrain for minutes is already on the shared disk.
+    _wait_for_demo_model(demo_models)
+    shutil.copytree(demo_models[1], workdir / "models", dirs_exist_ok=True)
+
     # The first run fails in final training: a file stands where its output folder goes.
-    workdir.mkdir()
     blocker = workdir / "final"
     blocker.write_text("a file where final training writes its folder, so that the stage fails\n")
     first = _run_deployment("mars-search/reduced", worker)
