@@ -7,8 +7,11 @@ pretrained) model, and building them takes seconds.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,16 @@ if _REPOSITORY_ROOT not in sys.path:
 
 # Nothing in the test suite may reach the Hugging Face Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+# Prefect reads its settings when first imported, which happens while test
+# modules are collected: point its home, database and result cache at a
+# folder of this session before that, so no test writes to ~/.prefect.
+if not os.environ.get("PREFECT_API_URL"):
+    from flows.services import configure_services
+
+    _PREFECT_ROOT = Path(tempfile.mkdtemp(prefix="mars-tests-"))
+    configure_services(_PREFECT_ROOT)
+    atexit.register(shutil.rmtree, _PREFECT_ROOT, ignore_errors=True)
 
 # The architecture of the default demo with a short pretraining: enough for
 # the model to tell digits apart, cheap enough to build once per session.
