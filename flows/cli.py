@@ -81,6 +81,12 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument("--config", type=Path, help="YAML configuration to resolve and print")
     config.add_argument("overrides", nargs="*", metavar="key=value")
     config.set_defaults(handler=_cmd_config)
+
+    from flows.deploy import add_deploy_parser
+    from flows.lineage import add_lineage_parser
+
+    add_deploy_parser(sub)
+    add_lineage_parser(sub)
     return parser
 
 
