@@ -219,7 +219,7 @@ def build_demo_model(
 ) -> tuple[Path, str]:
     """Build, pretrain and save the demo model, or reuse the cached one.
 
-    Returns ``(folder, fingerprint)``. The folder holds the model, the
+    Returns ``(folder, fingerprint)``. The folder contains the model, the
     processor and ``mars_demo.json`` (recipe and pretraining numbers).
     """
     from mars_core.data import DEMO_VOCABULARY, pretraining_captions
