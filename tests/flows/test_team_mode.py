@@ -36,6 +36,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.flows.test_search_flow import REDUCED
+
 pytestmark = [pytest.mark.slow, pytest.mark.team]
 
 BIN = Path(sys.executable).parent
@@ -177,50 +179,6 @@ def _query(postgres: str, database: str, sql: str, params: tuple = ()) -> list[t
             return cursor.fetchall()
     finally:
         connection.close()
-
-
-# ---------------------------------------------------------------- the demo base model
-
-BUILD_DEMO_MODEL = """
-import sys
-from pathlib import Path
-from mars_core.config import ModelConfig
-from mars_core.model import prepare_base_model
-prepare_base_model(ModelConfig(), Path(sys.argv[1]))
-"""
-
-
-@pytest.fixture(scope="module")
-def demo_models(tmp_path_factory) -> Iterator[tuple[subprocess.Popen, Path]]:
-    """Start pretraining the demo base model in the background; yield the process and its models folder.
-
-    The search's base-model stage reuses a model it finds in ``<workdir>/models``,
-    as a team's shared disk would hold it, so the minutes of pretraining
-    overlap the server start-up and the smoke tests.
-    """
-    folder = tmp_path_factory.mktemp("models")
-    log = (folder.parent / "demo-model.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-c", BUILD_DEMO_MODEL, str(folder)], stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        yield process, folder
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(30)
-        log.close()
-
-
-def _wait_for_demo_model(demo_models: tuple[subprocess.Popen, Path], timeout: float = 900) -> None:
-    process, folder = demo_models
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"pretraining the demo base model took over {timeout:.0f} s")
-    log = (folder.parent / "demo-model.log").read_text(errors="replace")
-    assert process.returncode == 0, f"pretraining the demo base model failed:\n{log[-3000:]}"
 
 
 # ---------------------------------------------------------------- Prefect, MLflow, Dask
@@ -385,7 +343,7 @@ def team_smoke(config: dict, out: str, tracking_uri: str) -> None:
 '''
 
 
-def test_smoke_flow_runs_on_worker_and_dask(demo_models, servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
+def test_smoke_flow_runs_on_worker_and_dask(servers, prefect_api, dask_cluster, worker, postgres, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.deploy import cron_schedules, deploy_flow, load_flow
@@ -508,40 +466,10 @@ def test_gpu_work_pool_template_is_accepted_by_server(prefect_api):
 
 # ---------------------------------------------------------------- the search, deployed, failed and retried
 
-# A search small enough for a test: ranks 2..8, two probe ranks per module, four joint probes.
-REDUCED_SEARCH = [
-    "probes.max_rank=8",
-    "probes.min_rank=2",
-    "probes.ranks_per_module=2",
-    "probes.joint_probes=4",
-    "probes.module_budget_samples=256",
-    "final.budget=epochs",
-    "final.epochs=0.5",
-    "data.max_train_examples=200",
-]
-
-# Builds `mars` from the two subcommand modules, for a CLI that does not register them.
-_MARS_SUBCOMMANDS = """
-import argparse, logging, sys
-from flows.deploy import add_deploy_parser
-from flows.lineage import add_lineage_parser
-logging.basicConfig(level=logging.INFO)
-parser = argparse.ArgumentParser(prog="mars")
-subparsers = parser.add_subparsers(dest="command", required=True)
-add_deploy_parser(subparsers)
-add_lineage_parser(subparsers)
-args = parser.parse_args(sys.argv[1:])
-sys.exit(args.handler(args))
-"""
-
 
 def _mars(args: list[str], env: dict[str, str]) -> str:
     """Run `mars ARGS` in a subprocess, as a user would, and return its output."""
-    probe = subprocess.run(
-        [sys.executable, "-m", "flows.cli", args[0], "--help"], env=env, capture_output=True, text=True, timeout=120
-    )
-    command = [sys.executable, "-m", "flows.cli"] if probe.returncode == 0 else [sys.executable, "-c", _MARS_SUBCOMMANDS]
-    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *args], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, f"mars {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
@@ -569,14 +497,16 @@ def _runs_of(runs: dict[str, dict], flow_run_id, stage: str) -> dict[str, dict]:
 
 
 def test_search_deployed_on_dask_retries_from_cache(
-    demo_models, servers, prefect_api, dask_cluster, worker, postgres, tmp_path
+    small_base_model, servers, prefect_api, dask_cluster, worker, postgres, tmp_path
 ):
     from prefect.client.orchestration import get_client
 
     workdir = tmp_path / "work"
     experiment = "team-search"
     overrides = [
-        *REDUCED_SEARCH,
+        *REDUCED,
+        # The session's small demo model, which the workers read from the same disk.
+        f"model.name_or_path={small_base_model.path}",
         "runtime.runner=dask",
         f"runtime.dask_address={dask_cluster}",
         "runtime.retries=0",
@@ -590,11 +520,7 @@ def test_search_deployed_on_dask_retries_from_cache(
         env,
     )
 
-    # The base model that the first run would otherwise pretrain for minutes is already on the shared disk.
-    _wait_for_demo_model(demo_models)
-    shutil.copytree(demo_models[1], workdir / "models", dirs_exist_ok=True)
-
-    # The first run fails in final training: a file stands where its output folder goes.
+    # The first run fails in final training: a regular file is where its output folder should go.
     blocker = workdir / "final"
     blocker.write_text("a file where final training writes its folder, so that the stage fails\n")
     first = _run_deployment("mars-search/reduced", worker)
@@ -616,7 +542,8 @@ def test_search_deployed_on_dask_retries_from_cache(
     # The failed run trained every probe, spread over both Dask workers.
     trained_first = {run_id: run for run_id, run in first_probes.items() if run["status"] == "FINISHED"}
     assert len(trained_first) == total
-    assert {run["tags"].get("mars.worker") for run in trained_first.values()} == _dask_workers(dask_cluster)
+    probe_workers = {run["tags"].get("mars.worker") for run in trained_first.values()}
+    assert probe_workers == _dask_workers(dask_cluster), f"probes ran on {probe_workers}, not on both Dask workers"
     assert [run["status"] for run in _runs_of(runs, first.id, "final_training").values()] == ["FAILED"]
 
     # The retry computed no probe again: each one points to the run that trained it.
