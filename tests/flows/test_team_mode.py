@@ -507,6 +507,8 @@ def test_search_deployed_on_dask_retries_from_cache(
         *REDUCED,
         # The session's small demo model, which the workers read from the same disk.
         f"model.name_or_path={small_base_model.path}",
+        # A smaller test split: evaluation generates an answer per example, and this test is about the servers.
+        "data.test_fraction=0.05",
         "runtime.runner=dask",
         f"runtime.dask_address={dask_cluster}",
         "runtime.retries=0",
@@ -558,6 +560,12 @@ def test_search_deployed_on_dask_retries_from_cache(
     assert parent["status"] == "FINISHED"
     assert parent["tags"]["prefect.flow_run_id"] == str(second.id)
     assert summary["prefect"]["flow_run_id"] == str(second.id)
+
+    # Artifacts went through the tracking server to its artifact store, not to the work directory.
+    ((artifact_uri,),) = _query(postgres, "mlflow", "SELECT artifact_uri FROM runs WHERE run_uuid = %s", (summary["mlflow"]["run_id"],))
+    assert artifact_uri.startswith("mlflow-artifacts:/")
+    stored = list((Path(servers["root"]) / "mlflow-artifacts").rglob("summary.json"))
+    assert [path.parent.parent.name for path in stored] == [summary["mlflow"]["run_id"]]
 
     # Lineage follows every cached link back to the first flow run's task runs.
     lineage = json.loads(_mars(["lineage", "team", "--workdir", str(workdir), "--json"], env))
