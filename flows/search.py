@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +33,12 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
     run_name = run_name or cfg.tracking.run_name or f"mars-{cfg.digest()[:10]}"
     run_dir = Path(cfg.runtime.workdir).resolve() / "runs" / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    track = _start_tracking(cfg, run_name)
     started = time.perf_counter()
 
-    try:
+    with _parent_run(cfg, run_name) as track:
         dataset = unwrap(track, tasks.prepare_dataset(cfg, track), "dataset")
         base = unwrap(track, tasks.prepare_base(cfg, track), "base_model")
-        track = track.with_tags(**{"mars.dataset_fingerprint": dataset.fingerprint, "mars.base_model": base.name})
-        track.tracker().set_tags(track.parent_run_id, track.tags)
+        track = _tag_inputs(track, dataset, base)
 
         module_specs = probe_lib.plan_module_probes(cfg, dataset, base)
         module_rows, module_stats = _run_probes(cfg, module_specs, dataset, base, track, "module_probes", progress)
@@ -48,11 +48,8 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
         joint_specs = probe_lib.plan_joint_probes(cfg, pruned.law_t, dataset, base)
         joint_rows, joint_stats = _run_probes(cfg, joint_specs, dataset, base, track, "joint_probes", progress)
 
-        selection = unwrap(
-            track,
-            tasks.fit_law_p_and_select(cfg, pruned, module_rows, joint_rows, dataset.n_train, track, run_dir),
-            "law_p",
-        )
+        selected = tasks.fit_law_p_and_select(cfg, pruned, module_rows, joint_rows, dataset.n_train, track, run_dir)
+        selection = unwrap(track, selected, "law_p")
 
         budget = probe_lib.final_budget(cfg, selection, dataset.n_train)
         final_staged = _final_training(cfg, selection.chosen, budget, dataset, base, track)
@@ -64,19 +61,38 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
         summary = build_summary(
             cfg=cfg, run_name=run_name, run_dir=run_dir, dataset=dataset, base=base, selection=selection,
             probe_stats=[module_stats, joint_stats], final=final, final_cached=was_cached(final_staged),
-            evaluation=report, tracking={
-                "tracking_uri": track.tracking_uri,
-                "experiment_id": track.tracker().experiment_id,
-                "run_id": track.parent_run_id,
-            },
-            prefect={"flow_run_id": str(flow_run.id)}, wall_seconds=time.perf_counter() - started,
+            evaluation=report, tracking=_tracking_ids(track), prefect={"flow_run_id": str(flow_run.id)},
+            wall_seconds=time.perf_counter() - started,
         )
         _write_summary(summary, run_dir, track)
-    except BaseException:
-        track.tracker().finish(track.parent_run_id, "FAILED")
-        raise
-    track.tracker().finish(track.parent_run_id, "FINISHED")
     return summary
+
+
+@contextlib.contextmanager
+def _parent_run(cfg: MarsConfig, run_name: str) -> Iterator[TrackingContext]:
+    """The flow run's MLflow parent run: FINISHED when the flow ends, FAILED when a stage raises."""
+    workdir = Path(cfg.runtime.workdir).resolve()
+    uri = default_tracking_uri(workdir)
+    tracker = Tracker(uri, cfg.tracking.experiment, artifact_root=workdir / "mlflow-artifacts")
+    tags = {"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit()}
+    with tracker.run(run_name, tags=tags) as parent:
+        tracker.log_params(parent, cfg.model_dump(mode="json"))
+        yield TrackingContext(uri, cfg.tracking.experiment, parent, tags)
+
+
+def _tag_inputs(track: TrackingContext, dataset, base) -> TrackingContext:
+    """Add the dataset fingerprint and base model to the tags of the parent run and every later run."""
+    track = track.with_tags(**{"mars.dataset_fingerprint": dataset.fingerprint, "mars.base_model": base.name})
+    track.tracker().set_tags(track.parent_run_id, track.tags)
+    return track
+
+
+def _tracking_ids(track: TrackingContext) -> dict[str, str]:
+    return {
+        "tracking_uri": track.tracking_uri,
+        "experiment_id": track.tracker().experiment_id,
+        "run_id": track.parent_run_id,
+    }
 
 
 def _run_probes(cfg, specs, dataset, base, track, stage, progress):
@@ -120,16 +136,6 @@ def _final_training(cfg, ranks, budget, dataset, base, track):
         retries=cfg.runtime.retries, retry_delay_seconds=cfg.runtime.retry_delay_seconds
     )
     return final_task(cfg, ranks, budget, dataset, base, track)
-
-
-def _start_tracking(cfg: MarsConfig, run_name: str) -> TrackingContext:
-    workdir = Path(cfg.runtime.workdir).resolve()
-    uri = default_tracking_uri(workdir)
-    tracker = Tracker(uri, cfg.tracking.experiment, artifact_root=workdir / "mlflow-artifacts")
-    tags = {"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit()}
-    parent = tracker.start_run(run_name, tags=tags)
-    tracker.log_params(parent, cfg.model_dump(mode="json"))
-    return TrackingContext(uri, cfg.tracking.experiment, parent, tags)
 
 
 def _write_summary(summary: dict[str, Any], run_dir: Path, track: TrackingContext) -> None:
