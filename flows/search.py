@@ -17,6 +17,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm.auto import tqdm
 
 from flows import tasks
+from flows.runners import make_task_runner
 from flows.stages import Staged, TrackingContext, unwrap, was_cached
 from flows.tracking import Tracker, default_tracking_uri, git_commit
 from mars_core import probes as probe_lib
@@ -73,7 +74,9 @@ def _parent_run(cfg: MarsConfig, run_name: str) -> Iterator[TrackingContext]:
     """The flow run's MLflow parent run: FINISHED when the flow ends, FAILED when a stage raises."""
     workdir = Path(cfg.runtime.workdir).resolve()
     uri = default_tracking_uri(workdir)
-    tracker = Tracker(uri, cfg.tracking.experiment, artifact_root=workdir / "mlflow-artifacts")
+    # A tracking server stores artifacts where it is configured to (S3, a volume); a local store keeps them here.
+    artifact_root = None if uri.startswith(("http://", "https://")) else workdir / "mlflow-artifacts"
+    tracker = Tracker(uri, cfg.tracking.experiment, artifact_root=artifact_root)
     tags = {"prefect.flow_run_id": str(flow_run.id), "git.commit": git_commit()}
     with tracker.run(run_name, tags=tags) as parent:
         tracker.log_params(parent, cfg.model_dump(mode="json"))
@@ -105,23 +108,28 @@ def _run_probes(cfg, specs, dataset, base, track, stage, progress):
         retries=cfg.runtime.retries, retry_delay_seconds=cfg.runtime.retry_delay_seconds
     )
     started = time.perf_counter()
-    futures = [probe_task.submit(cfg, spec, dataset, base, probe_track, threads=threads) for spec in specs]
+    # Closing a Dask runner drops its client, so the futures are read inside the block.
+    with make_task_runner(cfg) as runner:
+        futures = [
+            runner.submit(probe_task, {"cfg": cfg, "spec": spec, "dataset": dataset, "base": base, "track": probe_track, "threads": threads})
+            for spec in specs
+        ]
 
-    rows, trained, cached, failed = [], 0, 0, 0
-    bar = tqdm(total=len(specs), desc=stage.replace("_", " "), unit="probe", disable=not progress)
-    for spec, future in zip(specs, futures):
-        state = future.wait() or future.state
-        if state.is_completed():
-            staged: Staged = future.result()
-            cached += was_cached(staged)
-            trained += not was_cached(staged)
-            rows.append(unwrap(probe_track, staged, "probe", name=f"probe {spec.label}"))
-        else:
-            failed += 1
-            log.warning("probe %s failed after its retries: %s", spec.label, future.result(raise_on_failure=False))
-            rows.append(probe_lib.failed_row(spec))
-        bar.update(1)
-    bar.close()
+        rows, trained, cached, failed = [], 0, 0, 0
+        bar = tqdm(total=len(specs), desc=stage.replace("_", " "), unit="probe", disable=not progress)
+        for spec, future in zip(specs, futures):
+            state = future.wait() or future.state
+            if state.is_completed():
+                staged: Staged = future.result()
+                cached += was_cached(staged)
+                trained += not was_cached(staged)
+                rows.append(unwrap(probe_track, staged, "probe", name=f"probe {spec.label}"))
+            else:
+                failed += 1
+                log.warning("probe %s failed after its retries: %s", spec.label, future.result(raise_on_failure=False))
+                rows.append(probe_lib.failed_row(spec))
+            bar.update(1)
+        bar.close()
 
     stats = {"family": stage, "total": len(specs), "trained": trained, "cached": cached, "failed": failed,
              "seconds": sum(r.wall_seconds for r in rows if r.wall_seconds), "samples": sum(r.samples_seen for r in rows)}

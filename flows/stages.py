@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 from prefect.runtime import flow_run, task_run
 
+from flows.runners import TAG_WORKER, worker_identity
 from flows.tracking import TAG_CACHED_FROM, TAG_STAGE, Tracker
 
 log = logging.getLogger("mars")
@@ -75,7 +76,7 @@ class StageRecord:
 
 
 def prefect_tags() -> dict[str, str]:
-    tags = {"prefect.flow_run_id": str(flow_run.id)}
+    tags = {"prefect.flow_run_id": str(flow_run.id), TAG_WORKER: worker_identity()}
     if task_run.id is not None:
         tags["prefect.task_run_id"] = str(task_run.id)
     return tags
