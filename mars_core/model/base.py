@@ -47,13 +47,7 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
         path, key = build_demo_model(Path(cache_root), recipe=recipe, progress=progress)
         return BaseModelInfo(path=str(path), fingerprint=key, name="demo")
 
-    path = Path(cfg.name_or_path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(
-            f"model.name_or_path={cfg.name_or_path!r} is not an existing folder. Hub ids are not downloaded "
-            "here (that needs network access): download the model first (e.g. `huggingface-cli download`) "
-            "and pass its local folder, or use `demo`."
-        )
+    path = _local_folder(cfg)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path} has no config.json, so it is not a transformers model folder; pass the folder that "
@@ -63,6 +57,35 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
     fingerprint = fingerprint_folder(path)
     log.info("base model: %s, fingerprint %s", path, fingerprint[:16])
     return BaseModelInfo(path=str(path.resolve()), fingerprint=fingerprint, name=path.name)
+
+
+def _local_folder(cfg: ModelConfig) -> Path:
+    """The local folder of ``model.name_or_path``: the path itself, or the Hub snapshot it names."""
+    path = Path(cfg.name_or_path).expanduser()
+    if path.exists():
+        return path
+    if cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.count("/") != 1:
+        raise FileNotFoundError(
+            f"model.name_or_path={cfg.name_or_path!r} is not an existing folder, nor a Hub id of the form "
+            "owner/name; pass the folder that save_pretrained wrote, a Hub id, or `demo`"
+        )
+
+    from huggingface_hub import snapshot_download
+
+    if cfg.revision is None:
+        log.warning("model.name_or_path=%s has no model.revision: the search is not reproducible if the "
+                    "repository changes; pin a commit, e.g. model.revision=<40-hex commit>", cfg.name_or_path)
+    log.info("base model: fetching %s at revision %s from the Hugging Face Hub", cfg.name_or_path,
+             cfg.revision or "main")
+    try:
+        folder = snapshot_download(repo_id=cfg.name_or_path, revision=cfg.revision)
+    except (OSError, ValueError) as exc:
+        raise FileNotFoundError(
+            f"model.name_or_path={cfg.name_or_path!r} (revision {cfg.revision or 'main'}) is not a local folder "
+            f"and could not be fetched from the Hugging Face Hub: {type(exc).__name__}: {exc}. Without network "
+            "access, download the model elsewhere (`hf download`) and pass its local folder"
+        ) from exc
+    return Path(folder)
 
 
 def fingerprint_folder(path: Path) -> str:
@@ -102,7 +125,10 @@ def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, o
     processor = AutoProcessor.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
     model.to(resolve_device(cfg))
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        # Non-reentrant checkpointing back-propagates into LoRA layers even
+        # though the frozen embeddings give inputs without requires_grad.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     return model, processor
 
 

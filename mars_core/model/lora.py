@@ -24,7 +24,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from mars_core.config import MarsConfig, ModelConfig
-from mars_core.model.modules import ModuleTargets, describe_modules, discover_modules
+from mars_core.model.modules import ModuleTargets, describe_modules, discover_modules, split_model
 
 PROJECTOR = "projector"
 
@@ -139,7 +139,7 @@ def apply_lora(
     trained (every rank 0, projector trained), the model is returned without
     a PEFT wrapper and only the projector has ``requires_grad``.
     """
-    targets = discover_modules(model, cfg.model.module_patterns)
+    targets = split_model(model, cfg.model.module_patterns, cfg.lora.modules)
     plan = plan_lora(cfg, targets, ranks)
 
     if plan.config is None:

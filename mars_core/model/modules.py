@@ -20,7 +20,9 @@ unless a pattern names it.
 ``model.module_patterns`` overrides discovery per module. Each pattern is a
 regex searched (``re.search``) in every linear layer's module name and in
 its weight's parameter name, and a layer matching either belongs to that
-module.
+module. Families whose layout the names above get wrong have default
+patterns in ``mars_core.model.families``; the user's patterns replace them
+module by module.
 """
 
 from __future__ import annotations
@@ -86,7 +88,9 @@ def discover_modules(model: nn.Module, patterns: dict[str, str] | None = None) -
         When a pattern is not a valid regex, matches no linear layer, or two
         pattern modules claim the same layer.
     """
-    patterns = dict(patterns or {})
+    from mars_core.model.families import family_patterns
+
+    patterns = {**family_patterns(model), **(patterns or {})}
     linear_names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
 
     prefixes = {}
@@ -134,7 +138,9 @@ def _find_shallowest(model: nn.Module, candidates: tuple[str, ...]) -> str | Non
 def _longest_prefix_owner(layer: str, prefixes: dict[str, str]) -> str | None:
     owner, owner_len = None, -1
     for module_name, prefix in prefixes.items():
-        if layer.startswith(prefix + ".") and len(prefix) > owner_len:
+        # A module may be a single linear layer (Mllama's projector), so the layer itself counts.
+        inside = layer == prefix or layer.startswith(prefix + ".")
+        if inside and len(prefix) > owner_len:
             owner, owner_len = module_name, len(prefix)
     return owner
 
@@ -181,3 +187,36 @@ def _common_prefix(layers: list[str]) -> str:
 def describe_modules(targets: dict[str, ModuleTargets]) -> str:
     """Describe each module by name, prefix and number of linear layers, for logs and errors."""
     return "; ".join(f"{t.name}: {t.prefix or '<root>'} ({len(t.linear_layers)} linear layers)" for t in targets.values())
+
+
+def describe_children(model: nn.Module, depth: int = 2) -> str:
+    """List the submodules of ``model`` down to ``depth`` levels with their parameter counts, for errors."""
+    lines = []
+    for name, module in model.named_modules():
+        if not name or name.count(".") >= depth:
+            continue
+        count = sum(p.numel() for p in module.parameters())
+        lines.append(f"{name} ({type(module).__name__}, {count:,} parameters)")
+    return "; ".join(lines)
+
+
+def split_model(
+    model: nn.Module, patterns: dict[str, str] | None = None, required: tuple[str, ...] | list[str] = ("vision", "llm")
+) -> dict[str, ModuleTargets]:
+    """Run ``discover_modules`` and check that every module of ``required`` was found with linear layers.
+
+    Raises ``ModuleDiscoveryError`` that lists the model's top-level
+    submodules and their parameter counts, so the user can write
+    ``model.module_patterns`` for a layout discovery does not know.
+    """
+    targets = discover_modules(model, patterns)
+    missing = [name for name in required if name not in targets or not targets[name].linear_layers]
+    if missing:
+        example = "; ".join(f"{name}: '^model\\.<submodule>\\.'" for name in missing)
+        found = describe_modules(targets) or "nothing"
+        raise ModuleDiscoveryError(
+            f"cannot split {type(model).__name__} into modules: no linear layers found for {missing} "
+            f"(found {found}). Its submodules are: {describe_children(model)}. "
+            f"Set model.module_patterns, e.g. {example}"
+        )
+    return targets

@@ -28,6 +28,7 @@ from mars_core.model.prompting import (
     answer_loss_sum,
     collate,
     end_token_id,
+    model_inputs,
 )
 from mars_core.train.batches import encode_vqa
 
@@ -39,14 +40,6 @@ _PUNCTUATION = re.compile(f"[{re.escape(string.punctuation)}]")
 def normalize_answer(text: str) -> str:
     """Lowercase, drop punctuation and collapse whitespace, for exact-match comparison."""
     return " ".join(_PUNCTUATION.sub(" ", text.lower()).split())
-
-
-def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    return {
-        "input_ids": batch["input_ids"].to(device),
-        "attention_mask": batch["attention_mask"].to(device),
-        "pixel_values": batch["pixel_values"].to(device=device, dtype=dtype),
-    }
 
 
 def model_dtype(model) -> torch.dtype:
@@ -70,7 +63,7 @@ def loss_sums(
         for start in tqdm(range(0, len(examples), batch_size), desc="loss", disable=not progress):
             chunk = examples[start : start + batch_size]
             batch = collate(chunk, pad_token_id)
-            logits = model(**_model_inputs(batch, device, dtype)).logits
+            logits = model(**model_inputs(batch, device, dtype)).logits
             totals, counts = answer_loss_per_example(logits, batch["labels"])
             out += list(zip(totals.tolist(), counts.tolist()))
     finally:
@@ -88,7 +81,7 @@ def validation_loss(model, examples: Sequence[EncodedExample], pad_token_id: int
     try:
         for start in range(0, len(examples), batch_size):
             batch = collate(examples[start : start + batch_size], pad_token_id)
-            logits = model(**_model_inputs(batch, device, dtype)).logits
+            logits = model(**model_inputs(batch, device, dtype)).logits
             batch_total, batch_count = answer_loss_sum(logits, batch["labels"])
             total += float(batch_total)
             count += batch_count
@@ -110,10 +103,10 @@ def greedy_answers(
     answers: list[str] = []
     try:
         for start in tqdm(range(0, len(examples), batch_size), desc="greedy answers", disable=not progress):
-            prompts = [_prompt_only(example) for example in examples[start : start + batch_size]]
+            prompts = [example.prompt_only() for example in examples[start : start + batch_size]]
             batch = collate(prompts, pad_id, padding_side="left")
             generated = model.generate(
-                **_model_inputs(batch, device, dtype),
+                **model_inputs(batch, device, dtype),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 eos_token_id=eos_id,
@@ -124,18 +117,6 @@ def greedy_answers(
     finally:
         model.train(was_training)
     return answers
-
-
-def _prompt_only(example: EncodedExample) -> EncodedExample:
-    length = example.prompt_length
-    return EncodedExample(
-        input_ids=example.input_ids[:length],
-        labels=example.labels[:length],
-        pixel_values=example.pixel_values,
-        prompt_length=length,
-        answer=example.answer,
-        question_type=example.question_type,
-    )
 
 
 def score(examples: Sequence[EncodedExample], sums: list[tuple[float, int]], predictions: list[str]) -> dict:

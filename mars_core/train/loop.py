@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from mars_core.config import MarsConfig
 from mars_core.model.base import BaseModelInfo, load_base_model
 from mars_core.model.lora import LoraPlan, apply_lora, module_of_parameter, trainable_parameters
-from mars_core.model.prompting import EncodedExample, answer_loss_sum, collate
+from mars_core.model.prompting import EncodedExample, answer_loss_sum, collate, model_inputs
 from mars_core.train.batches import SampleStream, encode_vqa, subset_indices
 from mars_core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
 from mars_core.train.evaluation import model_device, model_dtype, validation_loss
@@ -214,11 +214,7 @@ def _train(
             positions = session.stream.positions(session.samples_seen, size)
             batch = collate([session.train_examples[p] for p in positions], session.pad_token_id)
 
-            logits = session.model(
-                input_ids=batch["input_ids"].to(device),
-                attention_mask=batch["attention_mask"].to(device),
-                pixel_values=batch["pixel_values"].to(device=device, dtype=dtype),
-            ).logits
+            logits = session.model(**model_inputs(batch, device, dtype)).logits
             loss_sum, n_tokens = answer_loss_sum(logits, batch["labels"])
             loss = loss_sum / max(n_tokens, 1)
             loss.backward()

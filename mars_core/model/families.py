@@ -1,0 +1,34 @@
+"""Default module patterns for model families whose layout name-based discovery splits wrongly.
+
+Discovery (``mars_core.model.modules``) finds the vision encoder, the
+projector and the language model by submodule name, which is right for
+LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3,
+SmolVLM, PaliGemma, Gemma 3, Mllama, InternVL and Mistral 3 as
+transformers 5.25 names them. The table holds only what names alone get
+wrong, keyed by ``config.model_type``:
+
+- Qwen3-VL: besides ``visual.merger``, the vision encoder holds
+  ``visual.deepstack_merger_list``, mergers that feed intermediate vision
+  features into the language model. They project like the merger, so they
+  belong to the projector, not to the vision encoder.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+FAMILY_PATTERNS: dict[str, dict[str, str]] = {
+    "qwen3_vl": {"projector": r"(^|\.)visual\.(merger|deepstack_merger_list)\."},
+    "qwen3_vl_moe": {"projector": r"(^|\.)visual\.(merger|deepstack_merger_list)\."},
+}
+
+
+def model_type(model: nn.Module) -> str | None:
+    """The ``config.model_type`` of a transformers model, or None for other modules."""
+    config = getattr(model, "config", None)
+    return getattr(config, "model_type", None)
+
+
+def family_patterns(model: nn.Module) -> dict[str, str]:
+    """Default ``model.module_patterns`` of the model's family; empty for families that need none."""
+    return dict(FAMILY_PATTERNS.get(model_type(model) or "", {}))
