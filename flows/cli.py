@@ -122,9 +122,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     workdir = Path(cfg.runtime.workdir).resolve()
     cfg.runtime.workdir = str(workdir)
 
-    from flows.services import configure_services
+    from flows.services import configure_services, quiet_libraries
 
     configure_services(workdir)
+    quiet_libraries()
     from flows.runner import run_search  # imports prefect: after configure_services
 
     try:

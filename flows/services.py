@@ -37,3 +37,18 @@ def configure_services(workdir: Path) -> dict[str, str]:
     # Everything MARS loads is local; a hub id only works where the user set up a network.
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     return {key: os.environ[key] for key in settings}
+
+
+def quiet_libraries() -> None:
+    """Hide transformers' per-load progress bars and deprecation notices during a run.
+
+    Every probe loads the base model, so each would print a "Loading weights"
+    bar and the same warnings; the stage progress bars of `mars` stay.
+    """
+    import warnings
+
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
