@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
-        # Prefect logs every task state change; the stage lines from `mars` say the same more briefly.
+        # Prefect logs every task state change; the stage lines from `mars` report the same more briefly.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for noisy in ("prefect", "mlflow", "alembic", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -71,7 +71,7 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
 
 @contextlib.contextmanager
 def _parent_run(cfg: MarsConfig, run_name: str) -> Iterator[TrackingContext]:
-    """The flow run's MLflow parent run: FINISHED when the flow ends, FAILED when a stage raises."""
+    """Open the flow run's MLflow parent run: FINISHED when the flow ends, FAILED when a stage raises."""
     workdir = Path(cfg.runtime.workdir).resolve()
     uri = default_tracking_uri(workdir)
     # A tracking server stores artifacts where it is configured to (S3, a volume); a local store keeps them here.

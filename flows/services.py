@@ -1,4 +1,4 @@
-"""Where Prefect and MLflow keep their state.
+"""Local state of Prefect and MLflow under the work directory.
 
 With no ``PREFECT_API_URL``, Prefect starts a temporary local server whose
 database lives under the work directory; with no ``MLFLOW_TRACKING_URI``,

@@ -29,7 +29,7 @@ T = TypeVar("T")
 
 @dataclasses.dataclass(frozen=True)
 class TrackingContext:
-    """What a task needs to record under the flow's MLflow run; cheap to pickle."""
+    """Tracking URI, experiment, parent run and tags: all a task needs to record under the flow's MLflow run."""
 
     tracking_uri: str
     experiment: str
@@ -43,7 +43,7 @@ class TrackingContext:
         return dataclasses.replace(self, tags={**self.tags, **tags})
 
     def under(self, run_id: str) -> "TrackingContext":
-        """The same context with ``run_id`` as parent, for probes under their stage run."""
+        """Return the same context with ``run_id`` as parent, for probes under their stage run."""
         return dataclasses.replace(self, parent_run_id=run_id)
 
 

@@ -126,7 +126,7 @@ def run_probe(
 
 
 def failed_row(spec: ProbeSpec, trainable_params: int | None = None) -> ProbeRow:
-    """The row of a probe that failed after its retries: kept in the table, left out of the fits."""
+    """Return the row of a probe that failed after its retries: kept in the table, left out of the fits."""
     return _row(spec, [], 0, None, None, "failed", None, trainable_params)
 
 
