@@ -83,10 +83,12 @@ def _build_parser() -> argparse.ArgumentParser:
     config.set_defaults(handler=_cmd_config)
 
     from flows.deploy import add_deploy_parser
+    from flows.inspect_cmd import add_inspect_parser
     from flows.lineage import add_lineage_parser
 
     add_deploy_parser(sub)
     add_lineage_parser(sub)
+    add_inspect_parser(sub)
     return parser
 
 
