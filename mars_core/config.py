@@ -113,7 +113,7 @@ class LoraSettings(_Section):
 class TrainSettings(_Section):
     """Shared by every probe and the final run: only ranks and data size vary within a search."""
 
-    learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate.")
+    learning_rate: float = Field(1e-3, gt=0, description="Peak AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(16, ge=1, description="Global batch size (examples per optimizer step).")
     warmup_samples: int = Field(128, ge=0, description="Linear warm-up length, in samples.")

@@ -29,6 +29,7 @@ REDUCED = [
     "train.eval_every=32",
     "train.val_subset=64",
     "train.warmup_samples=32",
+    "train.learning_rate=0.002",
     "final.budget=epochs",
     "final.epochs=0.5",
     "data.max_train_examples=320",
