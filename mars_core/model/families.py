@@ -5,22 +5,21 @@ projector and the language model by submodule name, which is right for
 LLaVA, LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, Idefics3,
 SmolVLM, PaliGemma, Gemma 3, Mllama, InternVL and Mistral 3 as
 transformers 5.25 names them. The table holds only what names alone get
-wrong, keyed by ``config.model_type``:
+wrong, keyed by ``config.model_type``. It is empty for the families above.
 
-- Qwen3-VL: besides ``visual.merger``, the vision encoder holds
-  ``visual.deepstack_merger_list``, mergers that feed intermediate vision
-  features into the language model. They project like the merger, so they
-  belong to the projector, not to the vision encoder.
+Qwen3-VL's ``visual.deepstack_merger_list`` (mergers that feed
+intermediate vision features into the language model) sits inside the
+vision encoder and so gets the vision rank; only ``visual.merger`` is the
+projector. A pattern cannot move them to the projector when it is trained
+in full, because a fully trained module must be one submodule
+(``LoraPlan.full_modules``) and the two share only ``visual`` as parent.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-FAMILY_PATTERNS: dict[str, dict[str, str]] = {
-    "qwen3_vl": {"projector": r"(^|\.)visual\.(merger|deepstack_merger_list)\."},
-    "qwen3_vl_moe": {"projector": r"(^|\.)visual\.(merger|deepstack_merger_list)\."},
-}
+FAMILY_PATTERNS: dict[str, dict[str, str]] = {}
 
 
 def model_type(model: nn.Module) -> str | None:
