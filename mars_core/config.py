@@ -187,7 +187,10 @@ class FinalSettings(_Section):
     )
     epochs: float = Field(3.0, gt=0, description="Passes over the training split when budget is `epochs`.")
     margin: float = Field(0.5, ge=0, description="Extra share of samples on top of the predicted convergence time.")
-    min_samples: int = Field(1024, ge=1, description="Lower bound on the automatic budget, in samples.")
+    min_samples: int = Field(
+        4096, ge=1,
+        description="Lower bound on the automatic budget, in samples; a final run shorter than the joint probes ends above the loss Law-P predicts for them.",
+    )
     max_samples: int = Field(16384, ge=1, description="Upper bound on the automatic budget, in samples.")
     schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
     checkpoint_every: int = Field(1024, ge=1, description="Write a resumable checkpoint every this many samples.")
