@@ -9,24 +9,45 @@ adapter carries it), frozen, or given LoRA of ``lora.projector_rank``.
 
 Target layers and ranks are listed by full module name, so the saved
 ``adapter_config.json`` states the rank of every layer exactly.
+
+``adapter="adalora"`` puts PEFT's AdaLoRA on the same layers instead: every
+layer starts at ``ADALORA_INIT_RATIO`` times the target rank, and AdaLoRA
+prunes singular values during training until the layers average the target
+rank. The training loop adds the orthogonality penalty and calls
+``update_and_allocate`` after each optimizer step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import logging
 import math
 import re
 from dataclasses import dataclass
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import AdaLoraConfig, LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
 from mars_core.config import MarsConfig, ModelConfig
 from mars_core.model.modules import ModuleTargets, describe_modules, discover_modules, split_model
 
+log = logging.getLogger(__name__)
+
 PROJECTOR = "projector"
+ADAPTERS = ("lora", "adalora")
+
+# AdaLoRA settings, taken from PEFT 0.21's AdaLoraConfig: layers start at 1.5
+# times the target rank (its defaults init_r=12, target_r=8); the rank budget
+# stays at its initial value for the first 10% of the optimizer steps,
+# shrinks until 80% and is fixed for the last 20% (its docstring's example of
+# tinit=10, tfinal=20, total_step=100); the orthogonality weight is its default.
+ADALORA_INIT_RATIO = 1.5
+ADALORA_WARMUP_SHARE = 0.1
+ADALORA_FINAL_SHARE = 0.2
+ADALORA_ORTH_REG_WEIGHT = 0.5
 
 
 @dataclass(frozen=True)
@@ -36,7 +57,7 @@ class LoraPlan:
     layer_ranks: dict[str, int]
     layer_modules: dict[str, str]
     full_modules: dict[str, str]
-    config: LoraConfig | None
+    config: LoraConfig | AdaLoraConfig | None
 
 
 def validate_ranks(cfg: MarsConfig, ranks: dict[str, int]) -> dict[str, int]:
@@ -55,6 +76,21 @@ def validate_ranks(cfg: MarsConfig, ranks: dict[str, int]) -> dict[str, int]:
             raise ValueError(f"rank of module {module!r} is {rank!r}; expected an integer >= 0 (0 = no adapter)")
         clean[module] = rank
     return clean
+
+
+def adalora_target_rank(ranks: dict[str, int]) -> int:
+    """Return AdaLoRA's average target rank from per-module ranks, which must agree where above 0.
+
+    AdaLoRA has one rank budget for all its layers, so it cannot take a
+    different rank per module.
+    """
+    used = sorted({rank for rank in ranks.values() if rank > 0})
+    if len(used) != 1:
+        raise ValueError(
+            f"ranks {ranks} are invalid for AdaLoRA, which takes one average target rank: give every module "
+            "with an adapter the same rank (0 = no adapter)"
+        )
+    return used[0]
 
 
 def plan_lora(cfg: MarsConfig, targets: dict[str, ModuleTargets], ranks: dict[str, int]) -> LoraPlan:
@@ -126,14 +162,41 @@ def _lora_config(cfg: MarsConfig, layer_ranks: dict[str, int], full_modules: dic
     )
 
 
+def _adalora_config(cfg: MarsConfig, plan: LoraPlan, target_rank: int, total_steps: int) -> AdaLoraConfig:
+    init_rank = math.ceil(ADALORA_INIT_RATIO * target_rank)
+    return AdaLoraConfig(
+        target_r=target_rank,
+        init_r=init_rank,
+        tinit=int(ADALORA_WARMUP_SHARE * total_steps),
+        tfinal=int(ADALORA_FINAL_SHARE * total_steps),
+        deltaT=1,
+        total_step=total_steps,
+        orth_reg_weight=ADALORA_ORTH_REG_WEIGHT,
+        # AdaLoRA scales by lora_alpha / init_r, so this keeps the scale at alpha_ratio, as for LoRA.
+        lora_alpha=cfg.lora.alpha_ratio * init_rank,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=sorted(plan.layer_ranks),
+        modules_to_save=sorted(plan.full_modules.values()) or None,
+        bias="none",
+    )
+
+
 def apply_lora(
-    model: nn.Module, cfg: MarsConfig, ranks: dict[str, int], seed: int
+    model: nn.Module,
+    cfg: MarsConfig,
+    ranks: dict[str, int],
+    seed: int,
+    adapter: str = "lora",
+    total_steps: int | None = None,
 ) -> tuple[nn.Module, LoraPlan]:
-    """Wrap ``model`` with LoRA adapters per module and freeze everything else.
+    """Wrap ``model`` with LoRA (or AdaLoRA) adapters per module and freeze everything else.
 
     The LoRA ``A`` matrices are re-initialised from a generator seeded with
     ``seed`` (``B`` starts at zero, as PEFT does), so two runs in parallel
-    threads do not draw from torch's shared global generator.
+    threads do not draw from torch's shared global generator. AdaLoRA's
+    factors are drawn the same way (``E`` starts at zero, as PEFT does).
+    AdaLoRA needs ``total_steps``, the optimizer steps of the run, for its
+    rank budget schedule.
 
     Returns the model to train and its plan. When only full modules are
     trained (every rank 0, projector trained), the model is returned without
@@ -149,6 +212,18 @@ def apply_lora(
             for param in model.get_submodule(prefix).parameters():
                 param.requires_grad_(True)
         return model, plan
+
+    if adapter == "adalora":
+        if total_steps is None or total_steps < 1:
+            raise ValueError(f"AdaLoRA needs total_steps >= 1 for its rank schedule, got {total_steps!r}")
+        config = _adalora_config(cfg, plan, adalora_target_rank(ranks), total_steps)
+        if cfg.lora.use_rslora:
+            log.warning("lora.use_rslora does not apply to AdaLoRA, which scales by lora_alpha / init_r")
+        peft_model = get_peft_model(model, config)
+        _reset_adalora_weights(peft_model, seed)
+        return peft_model, dataclasses.replace(plan, config=config)
+    if adapter != "lora":
+        raise ValueError(f"adapter={adapter!r}; expected one of {list(ADAPTERS)}")
 
     peft_model = get_peft_model(model, plan.config)
     _reset_lora_weights(peft_model, seed)
@@ -168,6 +243,47 @@ def _reset_lora_weights(model: PeftModel, seed: int) -> None:
             nn.init.kaiming_uniform_(values, a=math.sqrt(5), generator=generator)
             weight_a.copy_(values.to(device=weight_a.device, dtype=weight_a.dtype))
             module.lora_B["default"].weight.zero_()
+
+
+def _reset_adalora_weights(model: PeftModel, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    layers = sorted(
+        (name, module) for name, module in model.named_modules() if hasattr(module, "lora_E") and "default" in module.lora_E
+    )
+    with torch.no_grad():
+        for _name, module in layers:
+            # AdaLoRA's initialisation: small normal P and Q, zero singular values, so the update starts at zero.
+            for factor in (module.lora_A["default"], module.lora_B["default"]):
+                values = torch.empty(factor.shape, dtype=torch.float32).normal_(0.0, 0.02, generator=generator)
+                factor.copy_(values.to(device=factor.device, dtype=factor.dtype))
+            module.lora_E["default"].zero_()
+
+
+def adalora_orthogonality_penalty(model: nn.Module) -> torch.Tensor:
+    """Return AdaLoRA's regulariser: the mean of ``||Q Q^T - I||_F`` and ``||P^T P - I||_F`` over the factors.
+
+    ``Q`` is a layer's ``lora_A`` (rank x in) and ``P`` its ``lora_B``
+    (out x rank). The penalty keeps them near orthogonal, so that the
+    entries of ``lora_E`` act as singular values. PEFT adds this term only
+    when the model computes the loss itself, which the training loop does
+    not, so the loop adds it.
+    """
+    terms = []
+    for name, param in model.named_parameters():
+        parts = name.split(".")
+        if not param.requires_grad:
+            continue
+        if "lora_A" in parts:
+            gram = param @ param.T
+        elif "lora_B" in parts:
+            gram = param.T @ param
+        else:
+            continue
+        identity = torch.eye(gram.shape[0], device=gram.device, dtype=gram.dtype)
+        terms.append(torch.linalg.matrix_norm(gram - identity))
+    if not terms:
+        raise ValueError("the model has no trainable AdaLoRA factors (lora_A, lora_B) for the orthogonality penalty")
+    return torch.stack(terms).mean()
 
 
 @dataclass(frozen=True)
@@ -268,3 +384,11 @@ def trainable_param_coefficients(cfg: MarsConfig, base) -> tuple[int, dict[str, 
         elif cfg.lora.projector == "lora":
             n0 = cfg.lora.projector_rank * sum(shapes.layer_widths[layer] for layer in projector.linear_layers)
     return n0, per_rank
+
+
+def adapted_layer_counts(cfg: MarsConfig, base) -> dict[str, int]:
+    """Linear layers that get an adapter in each module of ``lora.modules``, without loading weights."""
+    shapes = _cached_shapes(base.path, base.fingerprint, json.dumps(cfg.model.module_patterns, sort_keys=True),
+                            cfg.model.trust_remote_code)
+    _check_modules_found(cfg, shapes.targets)
+    return {module: len(shapes.targets[module].linear_layers) for module in cfg.lora.modules}

@@ -19,6 +19,9 @@ torch's thread count, and only when ``threads`` is given.
 
 Limits: LoRA dropout draws from torch's global generator, so with
 ``lora.dropout > 0`` two runs in parallel threads are not reproducible.
+An AdaLoRA run that resumes from a checkpoint starts its singular-value
+importance scores over, so it does not prune exactly as an uninterrupted
+run would.
 """
 
 from __future__ import annotations
@@ -39,7 +42,14 @@ from tqdm.auto import tqdm
 
 from mars_core.config import MarsConfig
 from mars_core.model.base import BaseModelInfo, load_base_model
-from mars_core.model.lora import LoraPlan, apply_lora, module_of_parameter, trainable_parameters
+from mars_core.model.lora import (
+    ADALORA_ORTH_REG_WEIGHT,
+    LoraPlan,
+    adalora_orthogonality_penalty,
+    apply_lora,
+    module_of_parameter,
+    trainable_parameters,
+)
 from mars_core.model.prompting import EncodedExample, answer_loss_sum, collate, model_inputs
 from mars_core.train.batches import SampleStream, encode_vqa, subset_indices
 from mars_core.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
@@ -142,7 +152,8 @@ def _setup(cfg: MarsConfig, base: BaseModelInfo, dataset, spec: RunSpec) -> _Ses
     from mars_core.data import load_split
 
     model, processor = load_base_model(cfg.model, base)
-    model, plan = apply_lora(model, cfg, spec.ranks, seed=cfg.train.seed)
+    total_steps = math.ceil(spec.budget_samples / cfg.train.batch_size)
+    model, plan = apply_lora(model, cfg, spec.ranks, seed=cfg.train.seed, adapter=spec.adapter, total_steps=total_steps)
     model.train()
 
     # Data after the model: encoding needs the processor that comes with it.
@@ -156,7 +167,6 @@ def _setup(cfg: MarsConfig, base: BaseModelInfo, dataset, spec: RunSpec) -> _Ses
 
     named = trainable_parameters(model)
     optimizer = _optimizer(cfg, spec, plan, named)
-    total_steps = math.ceil(spec.budget_samples / cfg.train.batch_size)
     warmup_steps = math.ceil(cfg.train.warmup_samples / cfg.train.batch_size)
     kind = "constant" if spec.kind == "probe" else cfg.final.schedule
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupSchedule(warmup_steps, total_steps, kind))
@@ -217,6 +227,8 @@ def _train(
             logits = session.model(**model_inputs(batch, device, dtype)).logits
             loss_sum, n_tokens = answer_loss_sum(logits, batch["labels"])
             loss = loss_sum / max(n_tokens, 1)
+            if spec.adapter == "adalora":
+                loss = loss + ADALORA_ORTH_REG_WEIGHT * adalora_orthogonality_penalty(session.model)
             loss.backward()
 
             grad_norm = torch.nn.utils.clip_grad_norm_(session.params, cfg.train.grad_clip)
@@ -224,6 +236,9 @@ def _train(
             _check_finite(loss, grad_norm, session)
             session.optimizer.step()
             session.scheduler.step()
+            if spec.adapter == "adalora":
+                # AdaLoRA scores its singular values from this step's gradients, so before zero_grad.
+                session.model.base_model.update_and_allocate(session.steps)
             session.optimizer.zero_grad(set_to_none=True)
 
             previous = session.samples_seen
@@ -270,7 +285,7 @@ def _run_key(cfg: MarsConfig, base: BaseModelInfo, dataset, spec: RunSpec) -> st
     settings["model"].pop("device", None)
     blob = {
         "spec": {"ranks": spec.ranks, "n_train": spec.n_train, "budget": spec.budget_samples, "kind": spec.kind,
-                 "lr_scale": spec.lr_scale},
+                 "lr_scale": spec.lr_scale, "adapter": spec.adapter},
         "settings": settings,
         "dataset": dataset.fingerprint,
         "base": base.fingerprint,

@@ -9,7 +9,7 @@ from typing import Literal
 from torch import nn
 
 from mars_core.config import MarsConfig
-from mars_core.model.lora import PROJECTOR, validate_ranks
+from mars_core.model.lora import ADAPTERS, PROJECTOR, adalora_target_rank, validate_ranks
 
 
 @dataclass
@@ -21,6 +21,9 @@ class RunSpec:
     ``budget_samples`` counts optimizer steps times batch size and may exceed
     ``n_train`` (several epochs). ``lr_scale`` multiplies the learning rate
     per module (keys: modules of ``lora.modules`` and ``projector``).
+    ``adapter="adalora"`` trains PEFT's AdaLoRA instead of LoRA: then
+    ``ranks`` gives AdaLoRA's average target rank, the same for every module
+    with a rank above 0 (see ``mars_core.model.lora.adalora_target_rank``).
     """
 
     ranks: dict[str, int]
@@ -28,6 +31,7 @@ class RunSpec:
     budget_samples: int
     kind: Literal["probe", "final"]
     lr_scale: dict[str, float] | None = None
+    adapter: Literal["lora", "adalora"] = "lora"
 
 
 @dataclass
@@ -80,6 +84,11 @@ def validate_spec(cfg: MarsConfig, spec: RunSpec, n_available: int) -> RunSpec:
     if isinstance(spec.budget_samples, bool) or not isinstance(spec.budget_samples, int) or spec.budget_samples < 1:
         raise ValueError(f"RunSpec.budget_samples={spec.budget_samples!r} must be an integer >= 1")
 
+    if spec.adapter not in ADAPTERS:
+        raise ValueError(f"RunSpec.adapter={spec.adapter!r}; expected one of {list(ADAPTERS)}")
+    if spec.adapter == "adalora":
+        adalora_target_rank(ranks)
+
     lr_scale = dict(spec.lr_scale or {})
     allowed = [*cfg.lora.modules, PROJECTOR]
     for module, scale in lr_scale.items():
@@ -88,4 +97,4 @@ def validate_spec(cfg: MarsConfig, spec: RunSpec, n_available: int) -> RunSpec:
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not scale > 0:
             raise ValueError(f"RunSpec.lr_scale[{module!r}]={scale!r} must be a number > 0")
     return RunSpec(ranks=ranks, n_train=spec.n_train, budget_samples=spec.budget_samples, kind=spec.kind,
-                   lr_scale={m: float(s) for m, s in lr_scale.items()} or None)
+                   lr_scale={m: float(s) for m, s in lr_scale.items()} or None, adapter=spec.adapter)
