@@ -165,12 +165,20 @@ def fit_law_p_and_select(
 # ---------------------------------------------------------------- final training and evaluation
 
 
+def _lr_scale_content(lr_scale: dict[str, float] | None) -> dict[str, float] | None:
+    """Drop learning-rate scales of 1, which change nothing, so that equal runs get equal cache keys."""
+    scales = {module: float(scale) for module, scale in sorted((lr_scale or {}).items()) if float(scale) != 1.0}
+    return scales or None
+
+
 def _final_key(_ctx: Any, p: dict[str, Any]) -> str:
     cfg: MarsConfig = p["cfg"]
     return cache_key(
         "final",
         ranks=p["ranks"],
         budget=p["budget_samples"],
+        lr_scale=_lr_scale_content(p.get("lr_scale")),
+        adapter=p.get("adapter") or "lora",
         dataset=p["dataset"].fingerprint,
         base=p["base"].fingerprint,
         settings=cfg.digest("lora", "train", "final"),
@@ -185,13 +193,28 @@ def final_training(
     dataset: DatasetInfo,
     base: BaseModelInfo,
     track: TrackingContext,
+    lr_scale: dict[str, float] | None = None,
+    adapter: str = "lora",
+    threads: int | None = None,
+    progress: bool = True,
 ) -> Staged[dict[str, Any]]:
-    """Train once on the full training split with the chosen ranks; resumes from a checkpoint."""
+    """Train once on the full training split with the given ranks; resumes from a checkpoint.
+
+    ``lr_scale`` and ``adapter`` are passed to ``RunSpec`` (the baselines
+    use them) and are part of the cache key. ``threads`` (default:
+    ``train.torch_threads``, else every core) only sets torch's thread count
+    and ``progress`` shows a progress bar, so neither is.
+    """
     out_dir = _workdir(cfg) / "final" / _final_key(None, locals())
     with stage_run(track, "final_training") as rec:
-        spec = RunSpec(ranks=dict(ranks), n_train=dataset.n_train, budget_samples=budget_samples, kind="final")
-        result = train_run(cfg, base, dataset, spec, out_dir, threads=os.cpu_count(), progress=True)
-        rec.tracker.log_params(rec.run_id, {"ranks": ranks, "budget_samples": budget_samples})
+        spec = RunSpec(ranks=dict(ranks), n_train=dataset.n_train, budget_samples=budget_samples, kind="final",
+                       lr_scale=_lr_scale_content(lr_scale), adapter=adapter)
+        threads = threads or cfg.train.torch_threads or os.cpu_count()
+        result = train_run(cfg, base, dataset, spec, out_dir, threads=threads, progress=progress)
+        rec.tracker.log_params(
+            rec.run_id,
+            {"ranks": ranks, "budget_samples": budget_samples, "lr_scale": spec.lr_scale or {}, "adapter": adapter},
+        )
         rec.tracker.log_curve(rec.run_id, "val_loss", result.curve)
         if result.status != "ok":
             raise RuntimeError(f"final training failed: {result.reason}")
@@ -206,6 +229,8 @@ def final_training(
         "seconds": result.wall_seconds,
         "trainable_params": result.trainable_params,
         "curve": result.curve,
+        "lr_scale": spec.lr_scale,
+        "adapter": adapter,
     }
     log.info(
         "final training: ranks %s, %d samples, val loss %.4f, %.1f s",

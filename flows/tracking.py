@@ -103,6 +103,10 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status)
 
+    def nest_under(self, run_id: str, parent_id: str) -> None:
+        """Make an existing run a child of ``parent_id``, e.g. a search that a benchmark ran as one of its methods."""
+        self.client.set_tag(run_id, MLFLOW_PARENT_RUN_ID, parent_id)
+
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
         items = [Param(k, _param_value(v)) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):
@@ -141,6 +145,13 @@ class Tracker:
             target = Path(tmp) / filename
             target.write_text(json.dumps(data, indent=2, sort_keys=True, default=str))
             self.client.log_artifact(run_id, str(target))
+
+    def log_table(self, run_id: str, columns: Mapping[str, list[Any]], filename: str) -> None:
+        """Log a table, one list per column, as a JSON artifact that the MLflow UI shows as a table."""
+        lengths = {name: len(values) for name, values in columns.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"table {filename}: columns differ in length {lengths}; give every column one value per row")
+        self.client.log_table(run_id, data=dict(columns), artifact_file=filename)
 
     def log_dataset(self, run_id: str, name: str, fingerprint: str, source: str, context: str, profile: dict) -> None:
         """Record the dataset as an MLflow input of the run, keyed by its content fingerprint."""
