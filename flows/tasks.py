@@ -38,7 +38,9 @@ def _workdir(cfg: MarsConfig) -> Path:
 
 
 def _dataset_key(_ctx: Any, p: dict[str, Any]) -> str:
-    return cache_key("dataset", data=p["cfg"].data.model_dump(mode="json"))
+    # The result is a path under the work directory, so another work directory must not reuse it.
+    cfg: MarsConfig = p["cfg"]
+    return cache_key("dataset", data=cfg.data.model_dump(mode="json"), workdir=str(_workdir(cfg)))
 
 
 @task(name="prepare-dataset", cache_key_fn=_dataset_key, persist_result=True)
@@ -63,7 +65,8 @@ def prepare_dataset(cfg: MarsConfig, track: TrackingContext) -> Staged[DatasetIn
 
 
 def _base_key(_ctx: Any, p: dict[str, Any]) -> str:
-    return cache_key("base_model", model=p["cfg"].model.model_dump(mode="json"))
+    cfg: MarsConfig = p["cfg"]
+    return cache_key("base_model", model=cfg.model.model_dump(mode="json"), workdir=str(_workdir(cfg)))
 
 
 @task(name="prepare-base-model", cache_key_fn=_base_key, persist_result=True)
@@ -175,6 +178,7 @@ def _final_key(_ctx: Any, p: dict[str, Any]) -> str:
     cfg: MarsConfig = p["cfg"]
     return cache_key(
         "final",
+        workdir=str(_workdir(cfg)),
         ranks=p["ranks"],
         budget=p["budget_samples"],
         lr_scale=_lr_scale_content(p.get("lr_scale")),
