@@ -46,6 +46,16 @@ def family_folders(tmp_path_factory):
     return {name: (root / name, save_family(name, root / name)) for name in FAMILIES}
 
 
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory):
+    """The demo task with about 36 validation examples, so evaluating every family stays quick."""
+    from mars_core.config import DataConfig
+    from mars_core.data import prepare_dataset
+
+    data = DataConfig(val_fraction=0.01, test_fraction=0.01, max_train_examples=64)
+    return prepare_dataset(data, tmp_path_factory.mktemp("small-dataset"))
+
+
 def _config(folder) -> MarsConfig:
     return MarsConfig.model_validate({
         "model": {"name_or_path": str(folder)},
@@ -77,7 +87,7 @@ def test_family_split_and_lora_ranks(family, family_folders):
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_masks_trains_and_evaluates(family, family_folders, demo_dataset, tmp_path):
+def test_family_masks_trains_and_evaluates(family, family_folders, small_dataset, tmp_path):
     folder, error = family_folders[family]
     if error is not None:
         pytest.skip(f"the {family} processor cannot be built here: {error}")
@@ -99,12 +109,12 @@ def test_family_masks_trains_and_evaluates(family, family_folders, demo_dataset,
         assert (example.labels[: example.prompt_length] == IGNORE_INDEX).all()
     assert "red" in processor.tokenizer.decode(examples[1].input_ids[: examples[1].prompt_length])
 
-    result = train_run(cfg, base, demo_dataset, RunSpec(RANKS, n_train=8, budget_samples=8, kind="final"),
+    result = train_run(cfg, base, small_dataset, RunSpec(RANKS, n_train=8, budget_samples=8, kind="final"),
                        out_dir=tmp_path / "run")
     assert result.status == "ok", result.reason
     assert len(result.curve) >= 2
     assert all(torch.isfinite(torch.tensor(loss)) for _, loss in result.curve)
 
-    report = evaluate(cfg, base, demo_dataset, result.adapter_dir, split="validation", max_new_tokens=2)
+    report = evaluate(cfg, base, small_dataset, result.adapter_dir, split="validation", max_new_tokens=2)
     assert report["n"] > 0
     assert torch.isfinite(torch.tensor(report["loss"]))
