@@ -82,6 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
     config.add_argument("overrides", nargs="*", metavar="key=value")
     config.set_defaults(handler=_cmd_config)
 
+    from flows.benchmark_cli import add_benchmark_parser
     from flows.deploy import add_deploy_parser
     from flows.inspect_cmd import add_inspect_parser
     from flows.lineage import add_lineage_parser
@@ -89,6 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_deploy_parser(sub)
     add_lineage_parser(sub)
     add_inspect_parser(sub)
+    add_benchmark_parser(sub)
     return parser
 
 
