@@ -53,19 +53,11 @@ def _method_list(text: str) -> list[str]:
 
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     # Imported here: flows.cli imports this module to register the subcommand.
-    from flows.cli import _resolve_config
+    from flows.cli import prepare_run
 
-    overrides = list(args.overrides)
-    if args.workdir is not None:
-        overrides.append(f"runtime.workdir={args.workdir}")
-    cfg = _resolve_config(args.config, overrides)
-    workdir = Path(cfg.runtime.workdir).resolve()
-    cfg.runtime.workdir = str(workdir)
-
-    from flows.services import configure_services
-
-    configure_services(workdir)
-    from flows.benchmark import mars_benchmark  # imports prefect: after configure_services
+    cfg = prepare_run(args.config, args.workdir, args.overrides)
+    workdir = Path(cfg.runtime.workdir)
+    from flows.benchmark import mars_benchmark  # imports prefect: after prepare_run
     from mars_core.benchmark import format_table
 
     try:

@@ -118,19 +118,29 @@ def _resolve_config(path: Path | None, overrides: list[str]) -> MarsConfig:
         raise InputError(str(exc)) from exc
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides)
-    if args.workdir is not None:
-        overrides.append(f"runtime.workdir={args.workdir}")
-    cfg = _resolve_config(args.config, overrides)
-    workdir = Path(cfg.runtime.workdir).resolve()
-    cfg.runtime.workdir = str(workdir)
+def prepare_run(config_path: Path | None, workdir: Path | None, overrides: list[str]) -> MarsConfig:
+    """Resolve the configuration of a run and point Prefect and MLflow at its work directory.
+
+    Call it before importing any module that imports Prefect.
+    """
+    overrides = list(overrides)
+    if workdir is not None:
+        overrides.append(f"runtime.workdir={workdir}")
+    cfg = _resolve_config(config_path, overrides)
+    resolved = Path(cfg.runtime.workdir).resolve()
+    cfg.runtime.workdir = str(resolved)
 
     from flows.services import configure_services, quiet_libraries
 
-    configure_services(workdir)
+    configure_services(resolved)
     quiet_libraries()
-    from flows.runner import run_search  # imports prefect: after configure_services
+    return cfg
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    cfg = prepare_run(args.config, args.workdir, args.overrides)
+    workdir = Path(cfg.runtime.workdir)
+    from flows.runner import run_search  # imports prefect: after prepare_run
 
     try:
         summary = run_search(cfg, run_name=args.run_name, progress=not args.no_progress)

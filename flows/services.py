@@ -30,6 +30,9 @@ def configure_services(workdir: Path) -> dict[str, str]:
     if not os.environ.get("PREFECT_API_URL"):
         settings["PREFECT_HOME"] = str(prefect_home)
         settings["PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"] = "true"
+        # Prefect waits 20 s for the temporary server by default; on a busy
+        # 2-core machine its start (migrations included) was seen to take longer.
+        settings["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
         settings["PREFECT_API_DATABASE_CONNECTION_URL"] = f"sqlite+aiosqlite:///{prefect_home / 'prefect.db'}"
     for key, value in settings.items():
         os.environ.setdefault(key, value)
