@@ -56,7 +56,7 @@ def format_table(benchmark: Mapping[str, Any]) -> str:
         if row["status"] != "ok":
             lines.append(f"| {row['name']} | {row['status']}: {row['reason']} |" + " |" * (len(header) - 2))
             continue
-        ranks = "" if not row.get("ranks") else ", ".join(f"{m} {r}" for m, r in row["ranks"].items())
+        ranks = "" if not row.get("ranks") else _ranks(row["ranks"], benchmark["modules"]).strip("()")
         cells = (
             row["name"], ranks, _number(row["val_loss"], 4), _number(row["test_loss"], 4),
             _number(row["test_accuracy"], 3), _number(row["wall_seconds"], 0), _integer(row["samples"]),
@@ -99,7 +99,8 @@ def _comparison_lines(benchmark: Mapping[str, Any]) -> list[str]:
     targets = benchmark["targets"]
     lines = ["## MARS against grid search", ""]
     ratio_label = "search cost ratio" + ("" if comparison["cost_basis"] == "measured" else f" ({comparison['cost_basis']})")
-    lines.append(f"- MARS chose {_ranks(mars['chosen'])}; {mars['candidates_after_pruning']} of "
+    modules = benchmark["modules"]
+    lines.append(f"- MARS chose {_ranks(mars['chosen'], modules)}; {mars['candidates_after_pruning']} of "
                  f"{comparison['grid_size']} grid pairs were kept by Law-T alignment.")
     lines.append(f"- {ratio_label}: {_number(comparison['search_cost_ratio'], 1)}x in seconds "
                  f"({_number(comparison['grid_seconds'], 0)} s against {_number(comparison['mars_seconds'], 0)} s), "
@@ -107,7 +108,7 @@ def _comparison_lines(benchmark: Mapping[str, Any]) -> list[str]:
                  f"{targets['min_search_cost_ratio']:g}x.")
     if comparison.get("regret") is not None:
         best = comparison["grid_best"]
-        lines.append(f"- regret: {100 * comparison['regret']:.2f}% against the grid's best pair {_ranks(best['ranks'])} "
+        lines.append(f"- regret: {100 * comparison['regret']:.2f}% against the grid's best pair {_ranks(best['ranks'], modules)} "
                      f"(validation loss {_number(best['val_loss'], 4)}); target at most {100 * targets['max_regret']:g}%.")
         lines.append(f"- place of the MARS pair: {comparison['place']} of {comparison['grid_finished']} grid pairs.")
     spearman = comparison.get("spearman")
@@ -190,7 +191,8 @@ def plot_grid_heatmaps(benchmark: Mapping[str, Any], path: str | Path) -> Path:
         ax.set_ylabel(f"rank of {first}")
         ax.set_title(title)
         if mars or best:
-            ax.legend(loc="upper right", fontsize=7, framealpha=0.8)
+            # Below the axes, so the legend never covers a cell.
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=8, frameon=False)
     return _save(figure, path)
 
 
@@ -226,8 +228,9 @@ def _write_text(path: Path, text: str) -> Path:
     return path
 
 
-def _ranks(ranks: Mapping[str, int] | None) -> str:
-    return "n/a" if not ranks else "(" + ", ".join(f"{m} {r}" for m, r in ranks.items()) + ")"
+def _ranks(ranks: Mapping[str, int] | None, modules: Sequence[str]) -> str:
+    """Write ranks in module order, as ``(vision 8, llm 16)``; JSON files keep keys sorted, not in that order."""
+    return "n/a" if not ranks else "(" + ", ".join(f"{m} {ranks[m]}" for m in modules if m in ranks) + ")"
 
 
 def _number(value: float | None, digits: int) -> str:
