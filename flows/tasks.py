@@ -37,10 +37,13 @@ def _workdir(cfg: MarsConfig) -> Path:
 # ---------------------------------------------------------------- dataset
 
 
+def _path_stage_key(stage: str, section: str, cfg: MarsConfig) -> str:
+    """Key a stage whose result is a path under the work directory, so another work directory does not reuse it."""
+    return cache_key(stage, **{section: getattr(cfg, section).model_dump(mode="json")}, workdir=str(_workdir(cfg)))
+
+
 def _dataset_key(_ctx: Any, p: dict[str, Any]) -> str:
-    # The result is a path under the work directory, so another work directory must not reuse it.
-    cfg: MarsConfig = p["cfg"]
-    return cache_key("dataset", data=cfg.data.model_dump(mode="json"), workdir=str(_workdir(cfg)))
+    return _path_stage_key("dataset", "data", p["cfg"])
 
 
 @task(name="prepare-dataset", cache_key_fn=_dataset_key, persist_result=True)
@@ -65,8 +68,7 @@ def prepare_dataset(cfg: MarsConfig, track: TrackingContext) -> Staged[DatasetIn
 
 
 def _base_key(_ctx: Any, p: dict[str, Any]) -> str:
-    cfg: MarsConfig = p["cfg"]
-    return cache_key("base_model", model=cfg.model.model_dump(mode="json"), workdir=str(_workdir(cfg)))
+    return _path_stage_key("base_model", "model", p["cfg"])
 
 
 @task(name="prepare-base-model", cache_key_fn=_base_key, persist_result=True)

@@ -1,8 +1,8 @@
 """The one place that talks to MLflow.
 
 Every stage records through a :class:`Tracker`, which wraps an explicit
-``MlflowClient`` and run ids instead of MLflow's fluent API: probes train in
-parallel threads, and the fluent API keeps one active run per thread, which
+``MlflowClient`` and run ids instead of MLflow's fluent API. Probes train in
+parallel threads, and the fluent API keeps one active run per thread, so it
 would nest runs under the wrong parent.
 
 Key names are shared with ``summary.json`` and the logs: ``val_loss``,

@@ -60,7 +60,7 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
 
 
 def _local_folder(cfg: ModelConfig) -> Path:
-    """The local folder of ``model.name_or_path``: the path itself, or the Hub snapshot it names."""
+    """Return the local folder of ``model.name_or_path``: the path itself, or the Hub snapshot it names."""
     path = Path(cfg.name_or_path).expanduser()
     if path.exists():
         return path
@@ -107,7 +107,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(cfg: ModelConfig) -> torch.device:
-    """The device runs use: ``auto`` takes CUDA when it is available."""
+    """Return the device runs use: ``auto`` takes CUDA when it is available."""
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -133,7 +133,7 @@ def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, o
 
 
 def meta_model(cfg: ModelConfig, base: BaseModelInfo) -> nn.Module:
-    """The base model's module tree on the meta device: shapes without weights, for counting."""
+    """Build the base model's module tree on the meta device: shapes without weights, for counting."""
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     config = AutoConfig.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
@@ -142,6 +142,6 @@ def meta_model(cfg: ModelConfig, base: BaseModelInfo) -> nn.Module:
 
 
 def read_demo_metadata(base: BaseModelInfo) -> dict | None:
-    """The demo's ``mars_demo.json`` (recipe and pretraining numbers), or None for other models."""
+    """Read the demo's ``mars_demo.json`` (recipe and pretraining numbers); return None for other models."""
     path = Path(base.path) / "mars_demo.json"
     return json.loads(path.read_text()) if path.is_file() else None

@@ -23,7 +23,7 @@ FAMILY_PATTERNS: dict[str, dict[str, str]] = {}
 
 
 def model_type(model: nn.Module) -> str | None:
-    """The ``config.model_type`` of a transformers model, or None for other modules."""
+    """Return the ``config.model_type`` of a transformers model, or None for other modules."""
     config = getattr(model, "config", None)
     return getattr(config, "model_type", None)
 

@@ -52,7 +52,7 @@ ADALORA_ORTH_REG_WEIGHT = 0.5
 
 @dataclass(frozen=True)
 class LoraPlan:
-    """What a run trains: LoRA layers with their ranks, and modules trained in full."""
+    """Training plan of a run: LoRA layers with their ranks, and modules trained in full."""
 
     layer_ranks: dict[str, int]
     layer_modules: dict[str, str]
@@ -288,7 +288,7 @@ def adalora_orthogonality_penalty(model: nn.Module) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class ModelShapes:
-    """What parameter counting needs from a model: its modules and the sizes of their layers."""
+    """Module layout and layer sizes of a model, as parameter counting needs them."""
 
     targets: dict[str, ModuleTargets]
     layer_widths: dict[str, int]
@@ -325,7 +325,7 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def module_of_parameter(name: str, plan: LoraPlan) -> str:
-    """The module a trainable parameter belongs to, for per-module learning rates."""
+    """Return the module a trainable parameter belongs to, for per-module learning rates."""
     # PEFT prefixes names with "base_model.model." and puts the adapter after
     # the layer path ("<layer>.lora_A.default.weight"), so match on the path.
     path, sep, _ = name.partition(".lora_")

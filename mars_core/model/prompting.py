@@ -64,7 +64,7 @@ class EncodedExample:
     extra_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def prompt_only(self) -> EncodedExample:
-        """The same example cut after its prompt, for greedy decoding."""
+        """Return the same example cut after its prompt, for greedy decoding."""
         length = self.prompt_length
         extra = {
             key: value[:, :length] if key in SEQUENCE_INPUTS else value for key, value in self.extra_inputs.items()
@@ -124,7 +124,7 @@ def end_token_id(processor) -> int:
 
 
 def _template_answer_suffix(processor) -> str:
-    """What the chat template writes after an assistant answer, without surrounding whitespace."""
+    """Return the text the chat template writes after an assistant answer, without surrounding whitespace."""
     if not getattr(processor, "chat_template", None):
         return ""
     messages = build_messages("question")
@@ -301,7 +301,7 @@ def _join_padded(values: list[torch.Tensor], sequence_length: int | None, paddin
 
 
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The model's keyword inputs from a collated batch: every entry but ``labels``, floats cast to ``dtype``."""
+    """Return the model's keyword inputs from a collated batch: every entry but ``labels``, floats cast to ``dtype``."""
     inputs = {}
     for key, value in batch.items():
         if key == "labels":
