@@ -135,7 +135,9 @@ class ProbeSettings(_Section):
     module_budget_samples: int = Field(
         2048, ge=1, description="Samples each module probe trains for (constant LR after warm-up)."
     )
-    joint_probes: int = Field(8, ge=2, description="Joint probes: grid corners plus a Latin-hypercube fill.")
+    joint_probes: int = Field(
+        8, ge=2, description="Joint probes: grid corners plus a Latin-hypercube fill; Law-P needs at least 2 x modules + 2."
+    )
     joint_budget_margin: float = Field(0.5, ge=0, description="Joint probe budget = (1 + margin) * Law-T convergence time at D2.")
     joint_budget_bounds: tuple[int, int] = Field(
         (512, 8192), description="Lower and upper bound on the joint probe budget, in samples."
@@ -255,6 +257,21 @@ class MarsConfig(_Section):
         if missing:
             raise ValueError(
                 f"search.default_ranks has no rank for module(s) {missing}; give one per entry of lora.modules"
+            )
+        from mars_core.search.law_p import min_joint_probes  # the laws live in the search package
+
+        needed = min_joint_probes(self.search.law_p_form, self.lora.modules)
+        if self.probes.joint_probes < needed:
+            raise ValueError(
+                f"probes.joint_probes={self.probes.joint_probes} is too few: Law-P form {self.search.law_p_form!r} "
+                f"for modules {self.lora.modules} needs at least {needed} joint probes to fit; "
+                f"set probes.joint_probes={needed} or more"
+            )
+        pairs = len(self.probes.grid()) ** len(self.lora.modules)
+        if pairs < needed:
+            raise ValueError(
+                f"the rank grid probes.min_rank={self.probes.min_rank} to probes.max_rank={self.probes.max_rank} "
+                f"gives {pairs} distinct joint probes, but Law-P needs at least {needed}; widen the grid"
             )
         return self
 

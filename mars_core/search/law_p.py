@@ -302,6 +302,12 @@ class _FormFit:
     loo: float | None
 
 
+def min_joint_probes(form: str, modules: Sequence[str]) -> int:
+    """Usable joint probes that Law-P needs for ``form`` (``auto`` needs what its simplest form needs)."""
+    names = ["base"] if form == "auto" else [form]
+    return min(len(LAW_P_FORMS[name](modules).param_names()) for name in names) + 1
+
+
 def _inputs(ranks: np.ndarray, n_train: np.ndarray, param_model: TrainableParamModel) -> LawPInputs:
     capacity = param_model.count_array(ranks) / n_train
     return LawPInputs(ranks=ranks, capacity=capacity)
