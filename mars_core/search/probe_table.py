@@ -149,9 +149,10 @@ def require_usable_module_rows(rows: Sequence[ProbeRow], modules: Sequence[str],
         module_rows = [r for r in rows if r.kind == "module" and r.module == module]
         if not any(r.usable for r in module_rows):
             counts = _status_counts(module_rows)
+            advice = [_STATUS_ADVICE[status] for status in _STATUS_ADVICE if status in counts]
             raise ProbeTableError(
                 f"{source}: module {module!r} has no usable module probe (status ok or empirical); "
-                f"its rows by status: {counts or 'none'}. Rerun its module probes or lower their noise."
+                f"its rows by status: {counts or 'none'}. " + (" ".join(advice) or "Run its module probes.")
             )
 
 
@@ -258,6 +259,16 @@ def _is_number(value: Any) -> bool:
 
 def _is_finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(value)
+
+
+# What to change when a module's probes all end with one status.
+_STATUS_ADVICE = {
+    "censored": "Censored probes were still improving when they stopped: give module probes more samples "
+                "(probes.module_budget_samples) or a higher learning rate.",
+    "no_signal": "Probes without signal did not improve beyond their noise: raise the learning rate, "
+                 "or evaluate on more examples (train.val_subset).",
+    "failed": "Failed probes raised an error: their reason is in the probe table and the run log.",
+}
 
 
 def _status_counts(rows: Iterable[ProbeRow]) -> dict[str, int]:

@@ -120,7 +120,7 @@ def test_single_data_size_fixes_b_with_a_note():
 
 def test_module_without_usable_rows_raises():
     rows = [replace(r, status="censored") if r.module == "llm" else r for r in make_rows()]
-    with pytest.raises(ProbeTableError, match="module 'llm' has no usable module probe.*censored"):
+    with pytest.raises(ProbeTableError, match="module 'llm' has no usable module probe.*censored.*probes.module_budget_samples"):
         fit_convergence_laws(rows, MODULES)
 
 
