@@ -37,6 +37,23 @@ if not os.environ.get("PREFECT_API_URL"):
     configure_services(_PREFECT_ROOT)
     atexit.register(shutil.rmtree, _PREFECT_ROOT, ignore_errors=True)
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip tests marked ``torchvision`` where torchvision cannot be imported, saying why and where they run."""
+    from mars_core.model.base import torchvision_problem
+
+    problem = torchvision_problem()
+    if problem is None:
+        return
+    skip = pytest.mark.skip(
+        reason=f"needs torchvision, and {problem}; `make test-torchvision` runs it in a second environment"
+    )
+    for item in items:
+        if item.get_closest_marker("torchvision"):
+            item.add_marker(skip)
+
+
 # The architecture of the default demo with a short pretraining: enough for
 # the model to tell digits apart, cheap enough to build once per session.
 SMALL_PRETRAINING_STEPS = 120

@@ -55,6 +55,7 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
         )
     log.info("base model: fingerprinting %s", path)
     fingerprint = fingerprint_folder(path)
+    load_processor(cfg, path)  # A broken processor fails here once, not in every probe.
     log.info("base model: %s, fingerprint %s", path, fingerprint[:16])
     return BaseModelInfo(path=str(path.resolve()), fingerprint=fingerprint, name=path.name)
 
@@ -117,12 +118,12 @@ def resolve_device(cfg: ModelConfig) -> torch.device:
 
 def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, object]:
     """Load the model and its processor from the base folder, on the configured device and dtype."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     model = AutoModelForImageTextToText.from_pretrained(
         base.path, dtype=_DTYPES[cfg.dtype], trust_remote_code=cfg.trust_remote_code
     )
-    processor = AutoProcessor.from_pretrained(base.path, trust_remote_code=cfg.trust_remote_code)
+    processor = load_processor(cfg, Path(base.path))
     model.to(resolve_device(cfg))
     if cfg.gradient_checkpointing:
         # Non-reentrant checkpointing back-propagates into LoRA layers even
@@ -130,6 +131,56 @@ def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, o
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     return model, processor
+
+
+class ProcessorLoadError(RuntimeError):
+    """The model folder's processor cannot be built in this environment."""
+
+
+def load_processor(cfg: ModelConfig, path: Path):
+    """Load the processor of a model folder; raise ProcessorLoadError naming the package to install."""
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the cause and a fix
+        cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(".")
+        model_type = _model_type(path)
+        message = f"cannot load the processor of {path} (model type {model_type}): {cause}"
+        problem = torchvision_problem()
+        if problem is not None and (model_type in TORCHVISION_FAMILIES or "torchvision" in cause.lower()):
+            message += (
+                f". The processors of several families ({', '.join(TORCHVISION_FAMILIES)}) need torchvision, "
+                f"and here {problem}. Install the torchvision release built for your torch (on a "
+                "CPU-only x86_64 machine: `pip install torch==2.14.1 torchvision==0.29.1`); the README section "
+                "\"Models whose processor needs torchvision\" has the details"
+            )
+        raise ProcessorLoadError(message) from exc
+
+
+# Families whose processor, in transformers 5, builds a video processor or
+# needs torchvision itself: loading them without torchvision fails.
+TORCHVISION_FAMILIES = ("llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "smolvlm", "internvl", "mistral3")
+
+
+def _model_type(path: Path) -> str:
+    try:
+        return str(json.loads((path / "config.json").read_text()).get("model_type", "unknown"))
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def torchvision_problem() -> str | None:
+    """Why torchvision cannot be used here, or None when it imports."""
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return "torchvision is not installed"
+    try:
+        import torchvision  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - a torchvision built for another torch fails in many ways
+        return f"torchvision does not import ({type(exc).__name__}: {exc}), usually because it was built for another torch"
+    return None
 
 
 def meta_model(cfg: ModelConfig, base: BaseModelInfo) -> nn.Module:

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
 
 from mars_core.config import MarsConfig, ModelConfig
 from mars_core.model import prepare_base_model
-from mars_core.model.base import load_base_model
+from mars_core.model.base import ProcessorLoadError, load_base_model, torchvision_problem
 from mars_core.model.lora import apply_lora
 from mars_core.model.modules import split_model
 from mars_core.model.prompting import IGNORE_INDEX, encode_examples, end_token_ids
 from mars_core.train.evaluation import evaluate
 from mars_core.train.loop import train_run
 from mars_core.train.spec import RunSpec
-from tests.mars_core.model.tiny_families import FAMILIES, save_family
+from tests.mars_core.model.tiny_families import FAMILIES, family_params, save_family
 
 pytestmark = pytest.mark.slow
 
@@ -86,11 +88,10 @@ def test_family_split_and_lora_ranks(family, family_folders):
     assert plan.full_modules == {"projector": projector}
 
 
-@pytest.mark.parametrize("family", list(FAMILIES))
+@pytest.mark.parametrize("family", family_params())
 def test_family_masks_trains_and_evaluates(family, family_folders, small_dataset, tmp_path):
     folder, error = family_folders[family]
-    if error is not None:
-        pytest.skip(f"the {family} processor cannot be built here: {error}")
+    assert error is None, f"the {family} processor cannot be built: {error}"
     cfg = _config(folder)
     base = prepare_base_model(cfg.model, tmp_path)
     model, processor = load_base_model(cfg.model, base)
@@ -118,3 +119,24 @@ def test_family_masks_trains_and_evaluates(family, family_folders, small_dataset
     report = evaluate(cfg, base, small_dataset, result.adapter_dir, split="validation", max_new_tokens=2)
     assert report["n"] > 0
     assert torch.isfinite(torch.tensor(report["loss"]))
+
+
+@pytest.mark.skipif(torchvision_problem() is None, reason="torchvision imports here, so the processor loads")
+def test_processor_without_torchvision_fails_early(tmp_path):
+    from transformers import Qwen2VLImageProcessorPil
+
+    from tests.mars_core.model.tiny_families import _qwen_tokenizer
+
+    # The files a Qwen2-VL checkpoint ships, written without building its processor (which needs torchvision).
+    folder = tmp_path / "qwen2_vl"
+    save_family("qwen2_vl", folder)
+    _qwen_tokenizer().save_pretrained(folder)
+    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2).to_dict()
+    (folder / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2VLProcessor", "image_processor": image_processor,
+                    "video_processor": {"video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 4}})
+    )
+
+    expected = r"model type qwen2_vl.*torchvision is not installed.*torchvision==0\.29\.1"
+    with pytest.raises(ProcessorLoadError, match=expected):
+        prepare_base_model(ModelConfig(name_or_path=str(folder)), tmp_path / "cache")

@@ -20,6 +20,7 @@ import functools
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 import torch
 from tokenizers import AddedToken, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -72,6 +73,19 @@ def _loop(user: str, assistant_open: str, close: tuple[str, str], image: str, ge
         + "{% endfor %}"
         + "{% if add_generation_prompt %}" + generation + "{% endif %}"
     )
+
+
+def _with_video(processor_class, video_class: str, video_kwargs: dict, **kwargs) -> Callable:
+    """A processor factory that also builds the family's video processor, which needs torchvision.
+
+    The video processor is looked up when the factory is called, so building the model never needs torchvision.
+    """
+    def make():
+        import transformers
+
+        return processor_class(video_processor=getattr(transformers, video_class)(**video_kwargs), **kwargs)
+
+    return make
 
 
 # ChatML, as Qwen models use it.
@@ -133,8 +147,9 @@ def llava_onevision():
                                                       image_grid_pinpoints=[[16, 16], [16, 32]])
     template = _loop("<|im_start|>user\n", "<|im_start|>assistant\n", ("<|im_end|>\n", "<|im_end|>\n"), "<image>\n",
                      "<|im_start|>assistant\n")
-    make_processor = functools.partial(LlavaOnevisionProcessor, image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=16,
-                                        vision_feature_select_strategy="full", chat_template=template)
+    make_processor = _with_video(LlavaOnevisionProcessor, "LlavaOnevisionVideoProcessor", {"size": {"height": 16, "width": 16}},
+                                 image_processor=image_processor, tokenizer=tokenizer, num_image_tokens=16,
+                                 vision_feature_select_strategy="full", chat_template=template)
     config = LlavaOnevisionConfig(
         vision_config=SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, image_size=16, patch_size=4),
@@ -149,6 +164,9 @@ def llava_onevision():
 
 QWEN_SPECIALS = ["<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|vision_start|>", "<|vision_end|>",
                  "<|image_pad|>", "<|video_pad|>"]
+
+
+QWEN_VIDEO = {"size": {"shortest_edge": 16 * 16, "longest_edge": 32 * 32}, "patch_size": 4, "merge_size": 2, "temporal_patch_size": 2}
 
 
 def _qwen_tokenizer():
@@ -172,7 +190,8 @@ def qwen2_vl():
     tokenizer = _qwen_tokenizer()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2,
                                                temporal_patch_size=2)
-    make_processor = functools.partial(Qwen2VLProcessor, image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML)
+    make_processor = _with_video(Qwen2VLProcessor, "Qwen2VLVideoProcessor", QWEN_VIDEO, image_processor=image_processor,
+                                 tokenizer=tokenizer, chat_template=CHATML)
     config = Qwen2VLConfig(
         vision_config=dict(depth=1, embed_dim=32, hidden_size=32, num_heads=2, mlp_ratio=2, patch_size=4,
                            spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
@@ -190,7 +209,8 @@ def qwen2_5_vl():
     tokenizer = _qwen_tokenizer()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2,
                                                temporal_patch_size=2)
-    make_processor = functools.partial(Qwen2_5_VLProcessor, image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML)
+    make_processor = _with_video(Qwen2_5_VLProcessor, "Qwen2VLVideoProcessor", QWEN_VIDEO, image_processor=image_processor,
+                                 tokenizer=tokenizer, chat_template=CHATML)
     config = Qwen2_5_VLConfig(
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
                            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, window_size=8,
@@ -208,7 +228,8 @@ def qwen3_vl():
     tokenizer = _qwen_tokenizer()
     image_processor = Qwen2VLImageProcessorPil(min_pixels=16 * 16, max_pixels=32 * 32, patch_size=4, merge_size=2,
                                                temporal_patch_size=2)
-    make_processor = functools.partial(Qwen3VLProcessor, image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML)
+    make_processor = _with_video(Qwen3VLProcessor, "Qwen3VLVideoProcessor", QWEN_VIDEO, image_processor=image_processor,
+                                 tokenizer=tokenizer, chat_template=CHATML)
     config = Qwen3VLConfig(
         vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=32,
                            patch_size=4, spatial_merge_size=2, temporal_patch_size=2, num_position_embeddings=16,
@@ -254,8 +275,10 @@ def smolvlm():
     tokenizer = _idefics_parts()
     image_processor = SmolVLMImageProcessorPil(do_image_splitting=False, size={"longest_edge": 16},
                                                max_image_size={"longest_edge": 16})
-    make_processor = functools.partial(SmolVLMProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                 image_seq_len=4, chat_template=IDEFICS_TEMPLATE)
+    make_processor = _with_video(SmolVLMProcessor, "SmolVLMVideoProcessor",
+                                 {"size": {"longest_edge": 16}, "max_image_size": {"longest_edge": 16}},
+                                 image_processor=image_processor, tokenizer=tokenizer, image_seq_len=4,
+                                 chat_template=IDEFICS_TEMPLATE)
     config = SmolVLMConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=16, patch_size=4),
@@ -331,7 +354,14 @@ def mllama():
                          bos_token_id=tokenizer.bos_token_id),
         image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"),
     )
-    return MllamaForConditionalGeneration(config), make_processor
+    model = MllamaForConditionalGeneration(config)
+    # Mllama starts its cross-attention gates at zero, so the image cannot reach the text of a fresh model.
+    # Open them, as training has in a published checkpoint, so that vision probes have something to learn.
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+                parameter.fill_(1.0)
+    return model, make_processor
 
 
 def internvl():
@@ -341,11 +371,12 @@ def internvl():
     tokenizer = build_tokenizer(specials, {"eos_token": "<|im_end|>"},
                                 {"start_image_token": "<img>", "end_image_token": "</img>",
                                  "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
-    template = _loop("<|im_start|>user\n", "<|im_start|>assistant\n", ("<|im_end|>\n", "<|im_end|>\n"), "<image>\n",
+    template = _loop("<|im_start|>user\n", "<|im_start|>assistant\n", ("<|im_end|>\n", "<|im_end|>\n"), "<IMG_CONTEXT>\n",
                      "<|im_start|>assistant\n")
     image_processor = GotOcr2ImageProcessorPil(size={"height": 16, "width": 16}, crop_to_patches=False)
-    make_processor = functools.partial(InternVLProcessor, image_processor=image_processor, tokenizer=tokenizer, video_processor=None,
-                                  image_seq_length=4, chat_template=template)
+    make_processor = _with_video(InternVLProcessor, "InternVLVideoProcessor", {"size": {"height": 16, "width": 16}},
+                                 image_processor=image_processor, tokenizer=tokenizer, image_seq_length=4,
+                                 chat_template=template)
     config = InternVLConfig(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            image_size=[16, 16], patch_size=[4, 4]),
@@ -380,6 +411,20 @@ FAMILIES: dict[str, Callable] = {
     "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "idefics3": idefics3, "smolvlm": smolvlm,
     "paligemma": paligemma, "gemma3": gemma3, "mllama": mllama, "internvl": internvl, "mistral3": mistral3,
 }
+
+
+def family_params(cases=None) -> list:
+    """pytest parameters over the families (or ``(family, ...)`` tuples), marked ``torchvision`` where needed."""
+    from mars_core.model.base import TORCHVISION_FAMILIES
+
+    cases = list(FAMILIES) if cases is None else cases
+    params = []
+    for case in cases:
+        family = case[0] if isinstance(case, tuple) else case
+        marks = [pytest.mark.torchvision] if family in TORCHVISION_FAMILIES else []
+        params.append(pytest.param(*(case if isinstance(case, tuple) else (case,)), marks=marks,
+                                   id="-".join(case) if isinstance(case, tuple) else case))
+    return params
 
 
 def save_family(name: str, folder: Path) -> str | None:
