@@ -2,7 +2,8 @@
 
 Every family runs the whole pipeline once. The three formats (LLaVA
 conversation JSON, Parquet VQA, Parquet in the ScienceQA layout) rotate over
-the families, and LLaVA runs all three. The images are scikit-learn's
+the families. LLaVA runs all three, and also a Hugging Face dataset saved to
+disk where ``datasets`` is installed. The images are scikit-learn's
 handwritten digits, written out as PNG files or Parquet bytes.
 
 Families whose processor needs torchvision are marked ``torchvision`` and
@@ -29,10 +30,12 @@ from tests.mars_core.model.tiny_families import FAMILIES, family_params, save_fa
 pytestmark = pytest.mark.slow
 
 FORMATS = ("llava_json", "parquet", "scienceqa")
+# A Hugging Face dataset saved to disk, run on LLaVA only.
+HF_DISK = "hf_disk"
 NAMES = "zero one two three four five six seven eight nine".split()
 EXAMPLES = 60
 
-CASES = [("llava", data_format) for data_format in FORMATS] + [
+CASES = [("llava", data_format) for data_format in (*FORMATS, HF_DISK)] + [
     (family, FORMATS[index % len(FORMATS)]) for index, family in enumerate(f for f in FAMILIES if f != "llava")
 ]
 
@@ -125,7 +128,28 @@ def write_scienceqa_parquet(folder: Path) -> list[str]:
     return ["data.source=parquet", f"data.path={folder / 'train.parquet'}", f"data.image_folder={folder}"]
 
 
-WRITERS = {"llava_json": write_llava_json, "parquet": write_vqa_parquet, "scienceqa": write_scienceqa_parquet}
+def write_hf_disk(folder: Path) -> list[str]:
+    """A ``DatasetDict`` with train, validation and test splits, saved with ``save_to_disk``."""
+    datasets = pytest.importorskip("datasets")
+    digits = _digits()
+    features = datasets.Features(
+        {"image": datasets.Image(), "question": datasets.Value("string"), "answer": datasets.Value("string")}
+    )
+
+    def part(start: int, stop: int):
+        return datasets.Dataset.from_dict({
+            "image": [{"bytes": _png(image), "path": None} for image, _ in digits[start:stop]],
+            "question": ["what digit is this ?"] * (stop - start),
+            "answer": [NAMES[label] for _, label in digits[start:stop]],
+        }, features=features)
+
+    splits = {"train": part(0, 44), "validation": part(44, 52), "test": part(52, EXAMPLES)}
+    datasets.DatasetDict(splits).save_to_disk(str(folder))
+    return ["data.source=hf_disk", f"data.path={folder}"]
+
+
+WRITERS = {"llava_json": write_llava_json, "parquet": write_vqa_parquet, "scienceqa": write_scienceqa_parquet,
+           HF_DISK: write_hf_disk}
 
 
 @pytest.fixture(scope="module")
