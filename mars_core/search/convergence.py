@@ -19,7 +19,8 @@ time. The status of the result shows how far to trust it:
     the fit succeeded but ``t_conv`` lies beyond that horizon, so it is an
     extrapolation too far to use in a law fit.
 ``no_signal``
-    the curve did not improve beyond its noise, or the fit failed on a
+    the curve did not improve beyond its noise (or by less than
+    ``MIN_RELATIVE_DROP`` of its starting loss), or the fit failed on a
     curve whose improvement is too small to trust the fallback. ``t_conv``
     is None.
 ``empirical``
@@ -55,6 +56,9 @@ CENSOR_FACTOR = 3.0
 SIGNAL_Z = 3.0
 #: Standard errors by which the early mean must exceed the best later mean for a strong signal.
 STRONG_SIGNAL_Z = 4.5
+#: A drop smaller than this share of the starting loss is no signal, however smooth the curve. A fixed
+#: validation subset gives curves with almost no noise, where the noise test alone passes a negligible drop.
+MIN_RELATIVE_DROP = 1e-3
 #: A fit explaining less than this share of the variance counts as failed.
 MIN_FIT_R2 = 0.5
 #: Curves with fewer evaluations are not fitted (three parameters need some slack).
@@ -281,10 +285,11 @@ def _signal_strength(loss: np.ndarray, noise: float) -> str:
     ``STRONG_SIGNAL_Z`` standard errors. The higher bar pays for picking the
     best of many stretches. This test also catches curves that rise again
     at the end. Only a strong signal may fall back to the empirical time.
+    Either drop must also exceed ``MIN_RELATIVE_DROP`` of the starting loss.
     """
     q = _window(loss)
     standard_error = noise * math.sqrt(2.0 / q)
-    floor = 1e-12 * max(1.0, float(np.abs(loss).max()))
+    floor = max(1e-12 * max(1.0, float(np.abs(loss).max())), MIN_RELATIVE_DROP * abs(float(loss[:q].mean())))
     if _best_drop(loss) > max(STRONG_SIGNAL_Z * standard_error, floor):
         return "strong"
     if loss[:q].mean() - loss[-q:].mean() > max(SIGNAL_Z * standard_error, floor):

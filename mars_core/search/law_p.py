@@ -303,7 +303,7 @@ class _FormFit:
 
 
 def min_joint_probes(form: str, modules: Sequence[str]) -> int:
-    """Usable joint probes that Law-P needs for ``form`` (``auto`` needs what its simplest form needs)."""
+    """Return the usable joint probes Law-P needs for ``form`` (``auto`` needs what its simplest form needs)."""
     names = ["base"] if form == "auto" else [form]
     return min(len(LAW_P_FORMS[name](modules).param_names()) for name in names) + 1
 
@@ -319,7 +319,10 @@ def _fit_form(form: LawPForm, inputs: LawPInputs, loss: np.ndarray, left_out: Ma
         raise ProbeTableError(
             f"probe rows: Law-P form {form.name!r} has {n_params} parameters but only {loss.size} usable joint "
             f"probes (left out by status: {dict(left_out) or 'none'}); it needs at least {n_params + 1}. "
-            f"Run more joint probes or use a form with fewer parameters."
+            + ("Joint probes left out as no_signal or censored need a higher learning rate or a larger joint "
+               "budget (probes.joint_budget_bounds), and failed ones the error in their row fixed; or run more "
+               "joint probes (probes.joint_probes)."
+               if left_out else "Run more joint probes (probes.joint_probes).")
         )
     lower, upper = form.bounds(loss)
 

@@ -78,6 +78,16 @@ def test_constant_curve_is_no_signal():
     assert (t_conv, status) == (None, "no_signal")
 
 
+def test_smooth_negligible_drop_is_no_signal():
+    # A noise-free curve that falls by 0.01% of its loss, as a far too low learning rate gives.
+    curve = saturating_curve(tau=300, last=1000, step=50, noise=0.0, seed=0, l_inf=4.9995, l_0=5.0)
+
+    t_conv, status, details = curve_to_convergence(curve, 1000)
+
+    assert (t_conv, status) == (None, "no_signal")
+    assert details.improvement < convergence.MIN_RELATIVE_DROP * 5.0
+
+
 def test_too_short_curve_is_no_signal():
     t_conv, status, details = curve_to_convergence([(0, 3.0), (64, 2.0), (128, 1.5)], 128)
 
