@@ -214,7 +214,7 @@ def prune(
     kept = [c for c in candidates if c.kept]
     fallback_reason = None
     if not kept:
-        fallback_reason = _empty_reason(solutions, reference, target_n_train, tolerance)
+        fallback_reason = _empty_reason(solutions, times, reference, target_n_train, tolerance)
         logger.warning("pruning kept no candidate, falling back to default ranks %s: %s",
                        dict(default_ranks), fallback_reason)
     logger.info("pruning done in %.3fs: %d aligned, %d kept of %d", time.perf_counter() - started,
@@ -285,9 +285,20 @@ def _snapping_range(grid: Sequence[int]) -> tuple[float, float]:
     return float(levels[0] - (levels[1] - levels[0]) / 2), float(levels[-1] + (levels[-1] - levels[-2]) / 2)
 
 
-def _empty_reason(solutions: Sequence[AnalyticSolution], reference: str, target_n_train: int, tolerance: float) -> str:
+def _empty_reason(
+    solutions: Sequence[AnalyticSolution], times: dict[str, dict[int, float]], reference: str, target_n_train: int,
+    tolerance: float,
+) -> str:
+    """Explain an empty pruning result: each module's predicted times over the grid, and why no rank was solved."""
     unsolved = sorted({s.reference_rank for s in solutions if s.snapped_rank is None})
+    spans = ", ".join(
+        f"{module} {min(by_rank.values()):.4g} to {max(by_rank.values()):.4g}" for module, by_rank in times.items()
+    )
+    causes = list(dict.fromkeys(s.reason for s in solutions if s.reason))
+    first_causes = "; ".join(causes[:2]) + (f"; and {len(causes) - 2} more" if len(causes) > 2 else "")
     return (
-        f"no grid candidate is aligned within tolerance {tolerance} at n_train={target_n_train}, and no "
-        f"{reference} rank has a real aligned partner (unsolved {reference} ranks: {unsolved})"
+        f"no grid candidate is aligned within tolerance {tolerance} at n_train={target_n_train}: Law-T predicts "
+        f"convergence times (samples) over the grid of {spans}. No {reference} rank has an aligned partner in "
+        f"the grid (unsolved {reference} ranks: {unsolved}; {first_causes}). Widen the rank grid "
+        "(probes.min_rank, probes.max_rank) or raise search.tolerance"
     )

@@ -1,5 +1,6 @@
 import itertools
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -109,6 +110,19 @@ def test_nothing_aligned_and_all_complex_sets_fallback_reason(caplog):
     assert result.kept() == []
     assert "no grid candidate is aligned" in result.fallback_reason
     assert "falling back to default ranks" in caplog.text
+
+
+def test_fallback_reason_gives_times_cause_and_fix():
+    # The vision law is far slower than the llm law everywhere, so its aligned rank lies far above the grid.
+    law_t = law_t_from_params({"vision": (0.0, 1e6, 0.0, 1.0), "llm": (0.0, 10.0, 0.0, 1.0)})
+
+    result = prune(law_t, GRID, DSTAR, 0.25, DEFAULT)
+
+    assert result.kept() == []
+    assert re.search(r"over the grid of vision 781[23] to 5e\+05, llm 0\.0781[23] to 5\.", result.fallback_reason)
+    assert "lies outside the grid" in result.fallback_reason
+    assert "probes.max_rank" in result.fallback_reason
+    assert "search.tolerance" in result.fallback_reason
 
 
 def test_rank_independent_module_has_no_analytic_solution():
