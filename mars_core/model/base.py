@@ -30,7 +30,8 @@ class BaseModelInfo:
     name: str
 
 
-def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = False, recipe=None) -> BaseModelInfo:
+def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = False, recipe=None,
+                       check_processor: bool = True) -> BaseModelInfo:
     """Build (``demo``) or locate the base model.
 
     ``name_or_path == "demo"`` builds, pretrains and caches the embedded demo
@@ -38,8 +39,9 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
     ``DemoRecipe``, e.g. a shorter one for tests). A local folder is used as
     it is, fingerprinted from its configuration and weight files.
 
-    Raises ``FileNotFoundError`` for a path that does not exist: hub ids
-    are not downloaded, because that needs network access.
+    Raises ``FileNotFoundError`` for a path that does not exist, and
+    ``ProcessorLoadError`` when ``check_processor`` is set and the folder's
+    processor cannot be built here.
     """
     if cfg.name_or_path == "demo":
         from mars_core.model.demo import build_demo_model
@@ -55,7 +57,8 @@ def prepare_base_model(cfg: ModelConfig, cache_root: Path, progress: bool = Fals
         )
     log.info("base model: fingerprinting %s", path)
     fingerprint = fingerprint_folder(path)
-    load_processor(cfg, path)  # A broken processor fails here once, not in every probe.
+    if check_processor:
+        load_processor(cfg, path)  # A broken processor fails here once, not in every probe.
     log.info("base model: %s, fingerprint %s", path, fingerprint[:16])
     return BaseModelInfo(path=str(path.resolve()), fingerprint=fingerprint, name=path.name)
 
@@ -134,7 +137,7 @@ def load_base_model(cfg: ModelConfig, base: BaseModelInfo) -> tuple[nn.Module, o
 
 
 class ProcessorLoadError(RuntimeError):
-    """The model folder's processor cannot be built in this environment."""
+    """Error raised when a model folder's processor cannot be built in this environment."""
 
 
 def load_processor(cfg: ModelConfig, path: Path):
@@ -151,9 +154,11 @@ def load_processor(cfg: ModelConfig, path: Path):
         if problem is not None and (model_type in TORCHVISION_FAMILIES or "torchvision" in cause.lower()):
             message += (
                 f". The processors of several families ({', '.join(TORCHVISION_FAMILIES)}) need torchvision, "
-                f"and here {problem}. Install the torchvision release built for your torch (on a "
-                "CPU-only x86_64 machine: `pip install torch==2.14.1 torchvision==0.29.1`); the README section "
-                "\"Models whose processor needs torchvision\" has the details"
+                f"and here {problem}. Install a torch and torchvision pair built together: on a CPU-only x86_64 "
+                "machine `pip install torch==2.14.1 torchvision==0.29.1` (a CUDA build of about 5.5 GB that also "
+                "runs on the CPU), on aarch64 `pip install torch==2.9.1 torchvision==0.24.1`, on a GPU machine "
+                "the torchvision release that matches your torch. The README section \"Models whose processor "
+                "needs torchvision\" has the details"
             )
         raise ProcessorLoadError(message) from exc
 
@@ -171,7 +176,7 @@ def _model_type(path: Path) -> str:
 
 
 def torchvision_problem() -> str | None:
-    """Why torchvision cannot be used here, or None when it imports."""
+    """Return why torchvision cannot be used here, or None when it imports."""
     import importlib.util
 
     if importlib.util.find_spec("torchvision") is None:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mars_core.config import MarsConfig
-from mars_core.model.base import meta_model, prepare_base_model
+from mars_core.model.base import ProcessorLoadError, load_processor, meta_model, prepare_base_model
 from mars_core.model.families import model_type
 from mars_core.model.modules import split_model
 
@@ -33,6 +33,7 @@ class ModelReport:
     architecture: str
     model_type: str | None
     modules: tuple[ModuleReport, ...]
+    processor_problem: str | None = None
 
 
 def inspect_model(cfg: MarsConfig, cache_root: Path) -> ModelReport:
@@ -45,7 +46,7 @@ def inspect_model(cfg: MarsConfig, cache_root: Path) -> ModelReport:
     Raises ``ModuleDiscoveryError`` (with the model's submodules listed)
     when a module of ``lora.modules`` is not found.
     """
-    base = prepare_base_model(cfg.model, cache_root)
+    base = prepare_base_model(cfg.model, cache_root, check_processor=False)
     model = meta_model(cfg.model, base)
     targets = split_model(model, cfg.model.module_patterns, cfg.lora.modules)
 
@@ -58,7 +59,13 @@ def inspect_model(cfg: MarsConfig, cache_root: Path) -> ModelReport:
         total = sum(p.numel() for p in model.get_submodule(target.prefix).parameters()) if target.prefix else 0
         modules.append(ModuleReport(target.name, target.prefix, target.linear_layers, per_rank, total))
     log.info("inspect: %s (%s) has modules %s", base.path, type(model).__name__, [m.name for m in modules])
-    return ModelReport(base.path, type(model).__name__, model_type(model), tuple(modules))
+    processor_problem = None
+    if cfg.model.name_or_path != "demo":
+        try:
+            load_processor(cfg.model, Path(base.path))
+        except ProcessorLoadError as exc:
+            processor_problem = str(exc)
+    return ModelReport(base.path, type(model).__name__, model_type(model), tuple(modules), processor_problem)
 
 
 def format_report(report: ModelReport, show_layers: bool = True) -> str:
@@ -71,4 +78,6 @@ def format_report(report: ModelReport, show_layers: bool = True) -> str:
         )
         if show_layers:
             lines += [f"    {layer}" for layer in module.linear_layers]
+    if report.processor_problem:
+        lines += ["", f"warning: `mars run` would stop at the base-model stage: {report.processor_problem}"]
     return "\n".join(lines)

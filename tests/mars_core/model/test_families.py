@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from transformers import AutoModelForImageTextToText
@@ -123,19 +121,10 @@ def test_family_masks_trains_and_evaluates(family, family_folders, small_dataset
 
 @pytest.mark.skipif(torchvision_problem() is None, reason="torchvision imports here, so the processor loads")
 def test_processor_without_torchvision_fails_early(tmp_path):
-    from transformers import Qwen2VLImageProcessorPil
+    from tests.mars_core.model.tiny_families import save_qwen2_vl_files_without_processor
 
-    from tests.mars_core.model.tiny_families import _qwen_tokenizer
-
-    # The files a Qwen2-VL checkpoint ships, written without building its processor (which needs torchvision).
     folder = tmp_path / "qwen2_vl"
-    save_family("qwen2_vl", folder)
-    _qwen_tokenizer().save_pretrained(folder)
-    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2).to_dict()
-    (folder / "processor_config.json").write_text(
-        json.dumps({"processor_class": "Qwen2VLProcessor", "image_processor": image_processor,
-                    "video_processor": {"video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 4}})
-    )
+    save_qwen2_vl_files_without_processor(folder)
 
     expected = r"model type qwen2_vl.*torchvision is not installed.*torchvision==0\.29\.1"
     with pytest.raises(ProcessorLoadError, match=expected):

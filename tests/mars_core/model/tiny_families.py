@@ -443,3 +443,18 @@ def save_family(name: str, folder: Path) -> str | None:
         return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     processor.save_pretrained(folder)
     return None
+
+
+def save_qwen2_vl_files_without_processor(folder: Path) -> None:
+    """Write the files of a Qwen2-VL checkpoint without building its processor, which needs torchvision."""
+    import json
+
+    from transformers import Qwen2VLImageProcessorPil
+
+    save_family("qwen2_vl", folder)
+    _qwen_tokenizer().save_pretrained(folder)
+    image_processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2).to_dict()
+    (folder / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2VLProcessor", "image_processor": image_processor,
+                    "video_processor": {"video_processor_type": "Qwen2VLVideoProcessor", "patch_size": 4}})
+    )
