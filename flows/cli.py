@@ -94,6 +94,13 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _HidePrefectFailures(logging.Filter):
+    """Filter that keeps Prefect's failure records off the terminal, where `mars: error:` reports them once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("prefect") and record.levelno >= logging.ERROR)
+
+
 def _configure_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S")
     if not verbose:
@@ -101,6 +108,17 @@ def _configure_logging(verbose: bool) -> None:
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         for noisy in ("prefect", "mlflow", "alembic", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # A failed task and its flow each log the traceback; Prefect's own run log still records them.
+        for handler in logging.getLogger().handlers:
+            if not any(isinstance(existing, _HidePrefectFailures) for existing in handler.filters):
+                handler.addFilter(_HidePrefectFailures())
+
+
+def _validation_problem(err: dict) -> str:
+    """Format one pydantic error as `field: message`, without pydantic's "Value error, " prefix."""
+    message = err["msg"].removeprefix("Value error, ")
+    where = ".".join(str(part) for part in err["loc"])
+    return f"{where}: {message}" if where else message
 
 
 def _resolve_config(path: Path | None, overrides: list[str]) -> MarsConfig:
@@ -109,10 +127,11 @@ def _resolve_config(path: Path | None, overrides: list[str]) -> MarsConfig:
     except FileNotFoundError as exc:
         raise InputError(str(exc)) from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
-        )
-        source = f"{path}" if path else "the overrides"
+        problems = "; ".join(_validation_problem(err) for err in exc.errors())
+        if path and overrides:
+            source = f"{path} with the overrides {' '.join(overrides)}"
+        else:
+            source = f"{path}" if path else "the overrides"
         raise InputError(f"invalid configuration in {source}: {problems}. See `mars config --defaults`.") from exc
     except ValueError as exc:
         raise InputError(str(exc)) from exc
@@ -145,9 +164,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         summary = run_search(cfg, run_name=args.run_name, progress=not args.no_progress)
     except Exception as exc:  # the flow has logged the traceback and marked its runs failed
+        hint = "" if args.verbose else " Add -v to see the traceback."
         print(
             f"mars: error: the search failed: {type(exc).__name__}: {exc}\n"
-            f"Finished stages are cached under {workdir}; rerun the same command to resume from them.",
+            f"Finished stages are cached under {workdir}; rerun the same command to resume from them.{hint}",
             file=sys.stderr,
         )
         return 1
@@ -214,18 +234,25 @@ def format_summary(summary: dict[str, Any]) -> str:
     final = summary["final"]
     probes = summary["probes"]
     cost = summary["cost"]
-    ranks = ", ".join(f"{module} {rank}" for module, rank in chosen.items())
+    # summary.json is written with sorted keys, so the module order comes from its `modules` list.
+    modules = summary.get("modules") or list(chosen)
+    ranks = ", ".join(f"{module} {chosen[module]}" for module in modules)
     lines = [
         "",
         f"MARS run {summary['run_name']}",
-        f"  chosen ranks        {ranks}" + (f"   (fallback: {summary['fallback_reason']})" if summary.get("fallback_reason") else ""),
+        f"  chosen ranks        {ranks}" + ("   (fallback: search.default_ranks)" if summary.get("fallback_reason") else ""),
+        *([f"  fallback reason     {summary['fallback_reason']}"] if summary.get("fallback_reason") else []),
         f"  candidates          {summary['candidates_after_pruning']} aligned after pruning",
         f"  probes              {probes['total']} total: {probes['trained']} trained, {probes['cached']} cached, {probes['failed']} failed",
     ]
-    for module, law in summary["laws"]["convergence"].items():
-        lines.append(f"  Law-T {module:<13} R^2 {_fmt(law.get('r2'))}   LOO rel. error {_fmt(law.get('loo_rel_error'))}")
+    convergence = summary["laws"]["convergence"]
+    for module in [m for m in modules if m in convergence]:
+        law = convergence[module]
+        label = f"Law-T {module}"
+        lines.append(f"  {label:<19} R^2 {_fmt(law.get('r2'))}   LOO rel. error {_fmt(law.get('loo_rel_error'))}")
     perf = summary["laws"]["performance"]
-    lines.append(f"  Law-P ({perf.get('form', 'base')})      R^2 {_fmt(perf.get('r2'))}   LOO rel. error {_fmt(perf.get('loo_rel_error'))}")
+    label = f"Law-P ({perf.get('form', 'base')})"
+    lines.append(f"  {label:<19} R^2 {_fmt(perf.get('r2'))}   LOO rel. error {_fmt(perf.get('loo_rel_error'))}")
     lines += [
         f"  validation loss     {_fmt(final['val_loss'])} (Law-P predicted {_fmt(final['predicted_val_loss'])})",
         f"  test loss           {_fmt(final['test_loss'])}   accuracy {_fmt(final['test_accuracy'])}",

@@ -39,6 +39,7 @@ def build_summary(
     totals = {key: sum(stats[key] for stats in probe_stats) for key in ("total", "trained", "cached", "failed")}
     summary = {
         "run_name": run_name,
+        "modules": list(selection.chosen),
         "chosen": dict(selection.chosen),
         "fallback_reason": selection.fallback_reason,
         "candidates_after_pruning": sum(1 for c in selection.candidates if c.kept),
