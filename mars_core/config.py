@@ -148,7 +148,7 @@ class ProbeSettings(_Section):
         for name in ("min_rank", "max_rank"):
             value = getattr(self, name)
             if value & (value - 1):
-                raise ValueError(f"probes.{name}={value} is not a power of two; use e.g. 2, 4, 8, ...")
+                raise ValueError(f"probes.{name}={value} is not a power of two; use one such as 8, 64 or 128")
         if self.min_rank > self.max_rank:
             raise ValueError(f"probes.min_rank={self.min_rank} is above probes.max_rank={self.max_rank}")
         d1, d2 = self.data_fractions

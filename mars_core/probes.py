@@ -58,6 +58,11 @@ class ProbeSpec:
         }
 
 
+# Runs with more passes over their data than this get a warning. On a small dataset the default budgets,
+# which suit thousands of examples, mostly cost time.
+MANY_PASSES = 20
+
+
 def data_sizes(cfg: MarsConfig, n_train_total: int) -> tuple[int, int]:
     """D1 and D2 in examples, from the configured fractions of the training split."""
     d1, d2 = (max(1, round(fraction * n_train_total)) for fraction in cfg.probes.data_fractions)
@@ -80,6 +85,11 @@ def plan_module_probes(cfg: MarsConfig, dataset: DatasetInfo, base: BaseModelInf
     """Module probes: each module alone, at a few ranks spread over the grid, at D1 and D2."""
     content = f"{dataset.fingerprint}-{base.fingerprint}"
     ranks = module_probe_ranks(cfg.probes.grid(), cfg.probes.ranks_per_module)
+    d1 = data_sizes(cfg, dataset.n_train)[0]
+    passes = cfg.probes.module_budget_samples / d1
+    if passes > MANY_PASSES:
+        log.warning("module probes: probes.module_budget_samples=%d is %.0f passes over D1=%d examples; "
+                    "on a dataset this small, lower it to save time", cfg.probes.module_budget_samples, passes, d1)
     specs = []
     for module in cfg.lora.modules:
         for n_train in data_sizes(cfg, dataset.n_train):
@@ -155,8 +165,11 @@ def final_budget(cfg: MarsConfig, selection: Selection, n_train: int) -> int:
     if not times:
         log.warning("final budget: Law-T gives no finite convergence time for %s; using final.max_samples", selection.chosen)
         return cfg.final.max_samples
-    budget = math.ceil((1 + cfg.final.margin) * max(times))
-    return int(min(max(budget, cfg.final.min_samples), cfg.final.max_samples))
+    budget = int(min(max(math.ceil((1 + cfg.final.margin) * max(times)), cfg.final.min_samples), cfg.final.max_samples))
+    if budget / n_train > MANY_PASSES:
+        log.warning("final budget: %d samples are %.0f passes over the %d training examples; on a dataset this "
+                    "small, lower final.min_samples (now %d)", budget, budget / n_train, n_train, cfg.final.min_samples)
+    return budget
 
 
 def row_metrics(row: ProbeRow) -> dict[str, float | None]:

@@ -56,11 +56,13 @@ class ColumnMap:
             self.layout = "scienceqa" if names["choices"] in available else "vqa"
 
         required = ["image", "question", "answer"] + (["choices"] if self.layout == "scienceqa" else [])
-        missing = [f"{role} (column {names[role]!r})" for role in required if names[role] not in available]
+        missing_roles = [role for role in required if names[role] not in available]
+        missing = [f"{role} (column {names[role]!r})" for role in missing_roles]
         if missing:
+            mapping = ", ".join(f"{role}: <column>" for role in missing_roles)
             raise DatasetError(
                 f"{where}: missing column(s) for {', '.join(missing)}; the columns are {available}. "
-                "Map each role to a column with data.columns, e.g. data.columns={image: img, question: query}"
+                f"Map each of these roles to one of the columns with data.columns={{{mapping}}}"
             )
         explicit_missing = [f"{role} (column {name!r})" for role, name in cfg.columns.items() if name not in available]
         if explicit_missing:
