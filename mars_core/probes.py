@@ -85,14 +85,15 @@ def plan_module_probes(cfg: MarsConfig, dataset: DatasetInfo, base: BaseModelInf
     """Module probes: each module alone, at a few ranks spread over the grid, at D1 and D2."""
     content = f"{dataset.fingerprint}-{base.fingerprint}"
     ranks = module_probe_ranks(cfg.probes.grid(), cfg.probes.ranks_per_module)
-    d1 = data_sizes(cfg, dataset.n_train)[0]
+    sizes = data_sizes(cfg, dataset.n_train)
+    d1 = sizes[0]
     passes = cfg.probes.module_budget_samples / d1
     if passes > MANY_PASSES:
         log.warning("module probes: probes.module_budget_samples=%d is %.0f passes over D1=%d examples; "
                     "on a dataset this small, lower it to save time", cfg.probes.module_budget_samples, passes, d1)
     specs = []
     for module in cfg.lora.modules:
-        for n_train in data_sizes(cfg, dataset.n_train):
+        for n_train in sizes:
             for rank in ranks:
                 probe_ranks = {m: (rank if m == module else 0) for m in cfg.lora.modules}
                 specs.append(
