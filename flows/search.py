@@ -37,8 +37,8 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
     started = time.perf_counter()
 
     with _parent_run(cfg, run_name) as track:
-        dataset = unwrap(track, tasks.prepare_dataset(cfg, track), "dataset")
-        base = unwrap(track, tasks.prepare_base(cfg, track), "base_model")
+        dataset = unwrap(track, tasks.prepare_dataset(cfg, track, progress), "dataset")
+        base = unwrap(track, tasks.prepare_base(cfg, track, progress), "base_model")
         track = _tag_inputs(track, dataset, base)
 
         module_specs = probe_lib.plan_module_probes(cfg, dataset, base)
@@ -53,11 +53,11 @@ def mars_search(config: dict[str, Any], run_name: str | None = None, progress: b
         selection = unwrap(track, selected, "law_p")
 
         budget = probe_lib.final_budget(cfg, selection, dataset.n_train)
-        final_staged = _final_training(cfg, selection.chosen, budget, dataset, base, track)
+        final_staged = _final_training(cfg, selection.chosen, budget, dataset, base, track, progress)
         final = unwrap(track, final_staged, "final_training")
         tasks.copy_adapter(final["adapter_dir"], run_dir)
 
-        report = unwrap(track, tasks.evaluate(cfg, final["adapter_dir"], dataset, base, track, run_dir), "evaluation")
+        report = unwrap(track, tasks.evaluate(cfg, final["adapter_dir"], dataset, base, track, run_dir, progress), "evaluation")
 
         summary = build_summary(
             cfg=cfg, run_name=run_name, run_dir=run_dir, dataset=dataset, base=base, selection=selection,
@@ -139,11 +139,11 @@ def _run_probes(cfg, specs, dataset, base, track, stage, progress):
     return rows, stats
 
 
-def _final_training(cfg, ranks, budget, dataset, base, track):
+def _final_training(cfg, ranks, budget, dataset, base, track, progress):
     final_task = tasks.final_training.with_options(
         retries=cfg.runtime.retries, retry_delay_seconds=cfg.runtime.retry_delay_seconds
     )
-    return final_task(cfg, ranks, budget, dataset, base, track)
+    return final_task(cfg, ranks, budget, dataset, base, track, progress=progress)
 
 
 def _write_summary(summary: dict[str, Any], run_dir: Path, track: TrackingContext) -> None:

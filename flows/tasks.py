@@ -47,10 +47,10 @@ def _dataset_key(_ctx: Any, p: dict[str, Any]) -> str:
 
 
 @task(name="prepare-dataset", cache_key_fn=_dataset_key, persist_result=True)
-def prepare_dataset(cfg: MarsConfig, track: TrackingContext) -> Staged[DatasetInfo]:
+def prepare_dataset(cfg: MarsConfig, track: TrackingContext, progress: bool = True) -> Staged[DatasetInfo]:
     """Build or convert the dataset into Parquet shards and check every row once."""
     with stage_run(track, "dataset") as rec:
-        info = build_dataset(cfg.data, _workdir(cfg) / "datasets", progress=True)
+        info = build_dataset(cfg.data, _workdir(cfg) / "datasets", progress=progress)
         validate_dataset(info.path)
         rec.tracker.set_tags(rec.run_id, {"mars.dataset_fingerprint": info.fingerprint})
         rec.tracker.log_params(rec.run_id, {"data": cfg.data.model_dump(mode="json")})
@@ -72,10 +72,10 @@ def _base_key(_ctx: Any, p: dict[str, Any]) -> str:
 
 
 @task(name="prepare-base-model", cache_key_fn=_base_key, persist_result=True)
-def prepare_base(cfg: MarsConfig, track: TrackingContext) -> Staged[BaseModelInfo]:
+def prepare_base(cfg: MarsConfig, track: TrackingContext, progress: bool = True) -> Staged[BaseModelInfo]:
     """Build (demo) or locate the base model and fingerprint it."""
     with stage_run(track, "base_model") as rec:
-        base = prepare_base_model(cfg.model, _workdir(cfg) / "models", progress=True)
+        base = prepare_base_model(cfg.model, _workdir(cfg) / "models", progress=progress)
         rec.tracker.log_params(rec.run_id, {"model": cfg.model.model_dump(mode="json")})
         rec.tracker.set_tags(rec.run_id, {"mars.base_model": base.name, "mars.base_model_fingerprint": base.fingerprint})
     log.info("base model: %s (fingerprint %s)", base.name, base.fingerprint)
@@ -251,11 +251,12 @@ def _evaluation_key(_ctx: Any, p: dict[str, Any]) -> str:
 
 @task(name="evaluate", cache_key_fn=_evaluation_key, persist_result=True)
 def evaluate(
-    cfg: MarsConfig, adapter_dir: str, dataset: DatasetInfo, base: BaseModelInfo, track: TrackingContext, run_dir: Path
+    cfg: MarsConfig, adapter_dir: str, dataset: DatasetInfo, base: BaseModelInfo, track: TrackingContext, run_dir: Path,
+    progress: bool = True,
 ) -> Staged[dict[str, Any]]:
     """Evaluate the final adapter on the held-out test split."""
     with stage_run(track, "evaluation") as rec:
-        report = evaluate_adapter(cfg, base, dataset, adapter_dir, split="test", progress=True)
+        report = evaluate_adapter(cfg, base, dataset, adapter_dir, split="test", progress=progress)
         path = run_dir / "evaluation.json"
         path.write_text(json.dumps(report, indent=2, sort_keys=True))
         rec.tracker.log_artifact(rec.run_id, path)
