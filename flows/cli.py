@@ -91,6 +91,10 @@ def _build_parser() -> argparse.ArgumentParser:
     add_lineage_parser(sub)
     add_inspect_parser(sub)
     add_benchmark_parser(sub)
+    # `mars run -v` as well as `mars -v run`: SUPPRESS leaves the top-level value when the flag is absent.
+    for subparser in sub.choices.values():
+        subparser.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                               help="also show Prefect's own log lines and the traceback of a failure")
     return parser
 
 
@@ -167,7 +171,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         hint = "" if args.verbose else " Add -v to see the traceback."
         print(
             f"mars: error: the search failed: {type(exc).__name__}: {exc}\n"
-            f"Finished stages are cached under {workdir}; rerun the same command to resume from them.{hint}",
+            f"Stages that finished are cached under {workdir}: fix the cause and rerun the same command to "
+            f"resume from them.{hint}",
             file=sys.stderr,
         )
         return 1
@@ -225,7 +230,10 @@ def _find_summary(run: str, workdir: Path) -> Path:
             return path
     runs = sorted(p.name for p in (workdir / "runs").glob("*") if (p / "summary.json").is_file())
     known = ", ".join(runs) if runs else "none"
-    raise InputError(f"no summary found for run {run!r} under {workdir}/runs (runs with a summary: {known})")
+    raise InputError(
+        f"no summary found for run {run!r} under {workdir}/runs (runs with a summary: {known}); "
+        "for a run in another work directory, pass --workdir"
+    )
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -242,7 +250,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"MARS run {summary['run_name']}",
         f"  chosen ranks        {ranks}" + ("   (fallback: search.default_ranks)" if summary.get("fallback_reason") else ""),
         *([f"  fallback reason     {summary['fallback_reason']}"] if summary.get("fallback_reason") else []),
-        f"  candidates          {summary['candidates_after_pruning']} aligned after pruning",
+        f"  candidates          {summary['candidates_after_pruning']} aligned after pruning" + _tie_note(summary),
         f"  probes              {probes['total']} total: {probes['trained']} trained, {probes['cached']} cached, {probes['failed']} failed",
     ]
     convergence = summary["laws"]["convergence"]
@@ -267,8 +275,17 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _tie_note(summary: dict[str, Any]) -> str:
+    tied = summary.get("tied_candidates") or 0
+    if tied < 2:
+        return ""
+    return f"; {tied} tie within Law-P's standard error, so the fewest trainable parameters decided"
+
+
 def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
+    if value is None:
+        return "n/a"
+    return f"{value + 0.0:.4f}".replace("-0.0000", "0.0000")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ def build_summary(
         "chosen": dict(selection.chosen),
         "fallback_reason": selection.fallback_reason,
         "candidates_after_pruning": sum(1 for c in selection.candidates if c.kept),
+        "tied_candidates": sum(1 for c in selection.candidates if c.tie),
         "laws": {
             "convergence": {
                 module: {

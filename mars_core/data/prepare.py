@@ -162,7 +162,8 @@ class _BadRows:
     def summary(self) -> str:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self.by_reason.items()))
         shown = "; ".join(f"{item['row']}: {BAD_ROW_REASONS[item['reason']]} ({item['detail']})" for item in self.first)
-        return f"{self.count} bad rows ({reasons}); first {len(self.first)}: {shown}"
+        rows = "bad row" if self.count == 1 else "bad rows"
+        return f"{self.count} {rows} ({reasons}); first {len(self.first)}: {shown}"
 
     def manifest_entry(self) -> dict:
         return {"count": self.count, "by_reason": dict(sorted(self.by_reason.items())), "first": self.first}

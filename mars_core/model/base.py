@@ -154,11 +154,12 @@ def load_processor(cfg: ModelConfig, path: Path):
         if problem is not None and (model_type in TORCHVISION_FAMILIES or "torchvision" in cause.lower()):
             message += (
                 f". The processors of several families ({', '.join(TORCHVISION_FAMILIES)}) need torchvision, "
-                f"and here {problem}. Install a torch and torchvision pair built together: on a CPU-only x86_64 "
-                "machine `pip install torch==2.14.1 torchvision==0.29.1` (a CUDA build of about 5.5 GB that also "
-                "runs on the CPU), on aarch64 `pip install torch==2.9.1 torchvision==0.24.1`, on a GPU machine "
-                "the torchvision release that matches your torch. The README section \"Models whose processor "
-                "needs torchvision\" has the details"
+                f"and here {problem}. Install a torch and torchvision pair built together, best in a second "
+                "environment so that this one keeps its torch: on a CPU-only x86_64 machine "
+                "`pip install torch==2.14.1 torchvision==0.29.1` (a CUDA build of about 5.5 GB that also runs on "
+                "the CPU), on aarch64 `pip install torch==2.9.1 torchvision==0.24.1`, on a GPU machine the "
+                "torchvision release that matches your torch. The README section \"Models whose processor needs "
+                "torchvision\" gives the commands."
             )
         raise ProcessorLoadError(message) from exc
 

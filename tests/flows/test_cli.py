@@ -107,3 +107,48 @@ def test_failed_run_hides_traceback(tmp_path, llava_folder):
     assert "image_not_found" in process.stderr
     assert "Add -v to see the traceback." in process.stderr
     assert "Traceback" not in process.stderr
+
+
+@pytest.mark.parametrize(("argv", "verbose"), [
+    (["run"], False), (["-v", "run"], True), (["run", "-v"], True), (["inspect", "demo", "--verbose"], True),
+])
+def test_verbose_flag_either_side(argv, verbose):
+    from flows.cli import _build_parser
+
+    assert _build_parser().parse_args(argv).verbose is verbose
+
+
+def _summary(**changes) -> dict:
+    summary = {
+        "run_name": "r", "modules": ["vision", "llm"], "chosen": {"llm": 4, "vision": 32}, "fallback_reason": None,
+        "candidates_after_pruning": 6, "tied_candidates": 1,
+        "probes": {"total": 24, "trained": 24, "cached": 0, "failed": 0},
+        "laws": {"convergence": {"llm": {"r2": 0.99, "loo_rel_error": 0.1}, "vision": {"r2": 0.74, "loo_rel_error": 0.3}},
+                 "performance": {"form": "base", "r2": -0.0, "loo_rel_error": 0.05}},
+        "final": {"val_loss": 0.8, "predicted_val_loss": 0.7, "test_loss": 0.79, "test_accuracy": 0.34},
+        "cost": {"probe_seconds": 270, "probe_samples": 63648, "final_seconds": 11, "final_samples": 4096},
+        "paths": {"summary": "s.json", "adapter": "a", "run_dir": "d"},
+        "mlflow": {"tracking_uri": "sqlite:///m.db", "run_id": "x"},
+    }
+    summary.update(changes)
+    return summary
+
+
+def test_summary_order_and_alignment():
+    from flows.cli import format_summary
+
+    lines = format_summary(_summary()).splitlines()
+
+    assert "  chosen ranks        vision 32, llm 4" in lines
+    assert lines.index("  Law-T vision        R^2 0.7400   LOO rel. error 0.3000") < lines.index(
+        "  Law-T llm           R^2 0.9900   LOO rel. error 0.1000")
+    assert "  Law-P (base)        R^2 0.0000   LOO rel. error 0.0500" in lines
+    assert "tie" not in format_summary(_summary())
+
+
+def test_summary_reports_tie():
+    from flows.cli import format_summary
+
+    text = format_summary(_summary(tied_candidates=4))
+
+    assert "6 aligned after pruning; 4 tie within Law-P's standard error, so the fewest trainable parameters decided" in text
