@@ -131,6 +131,11 @@ def fit_convergence_laws(
     return LawTResult(modules=modules, laws=laws)
 
 
+#: A module's Law-T gets a warning note below this R^2 (log space) or above this leave-one-out relative error.
+POOR_FIT_R2 = 0.3
+POOR_FIT_LOO = 1.0
+
+
 def _fit_module(module: str, rows: Sequence[ProbeRow], bootstrap: int, rng: np.random.Generator) -> ModuleLawT:
     used = [r for r in rows if r.usable]
     left_out: dict[str, int] = {}
@@ -163,6 +168,14 @@ def _fit_module(module: str, rows: Sequence[ProbeRow], bootstrap: int, rng: np.r
         intervals = _bootstrap_intervals(problem, theta, free, fitted, bootstrap, rng)
     elif bootstrap > 0:
         notes.append(f"no bootstrap intervals: {y.size} points for {n_free} free parameters leave no residual freedom")
+
+    if r2 < POOR_FIT_R2 or (loo is not None and loo > POOR_FIT_LOO):
+        loo_text = "n/a" if loo is None else f"{loo:.2f}"
+        notes.append(
+            f"poor fit (R^2 {r2:.3f} in log space, leave-one-out relative error {loo_text}): its convergence "
+            "times, and the pruning that uses them, are unreliable. Probes with more samples or at more ranks "
+            "(probes.ranks_per_module) give it more to fit"
+        )
 
     t0, a, b, c = problem.to_original(theta)
     law = ModuleLawT(

@@ -163,3 +163,18 @@ def test_leave_one_out_matches_scipy_refits():
         errors.append(abs(predicted / points[i][2] - 1))
 
     assert law.loo_relative_error == pytest.approx(np.mean(errors), rel=0.05)
+
+
+def test_poor_fit_gets_a_warning_note(caplog):
+    # Convergence times drawn at random over three decades, unrelated to rank or data size.
+    rng = np.random.default_rng(1)
+    rows = [replace(r, t_conv=float(np.exp(rng.uniform(np.log(10), np.log(10_000)))))
+            if r.kind == "module" and r.module == "vision" else r for r in make_rows(noise=0.0)]
+
+    with caplog.at_level("WARNING"):
+        result = fit_convergence_laws(rows, MODULES, bootstrap=0)
+
+    assert result.laws["vision"].r2_log < law_t_module.POOR_FIT_R2
+    assert any("poor fit" in note for note in result.laws["vision"].notes)
+    assert "Law-T vision: poor fit" in caplog.text
+    assert not any("poor fit" in note for note in result.laws["llm"].notes)
