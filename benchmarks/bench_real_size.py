@@ -23,6 +23,9 @@ those of the 7B model)::
     python benchmarks/bench_real_size.py --device cpu --dtype bf16 --text-layers 1 --vision-layers 1 --steps 2
 
 Prints one line per run and writes ``result.json`` under ``--workdir``.
+
+NOTE: so far this has run only on a CPU with the depth cut down; the GPU
+figures (step time, peak memory in bf16) are still to be measured.
 """
 
 from __future__ import annotations

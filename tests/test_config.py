@@ -47,13 +47,13 @@ def test_default_ranks_must_cover_every_module():
         (["probes.joint_probes=3", "lora.modules=[llm]", "search.default_ranks={llm: 8}"], 4),
     ],
 )
-def test_too_few_joint_probes_for_law_p_are_refused_before_training(overrides, needed):
+def test_too_few_joint_probes_rejected(overrides, needed):
     with pytest.raises(ValidationError, match=f"probes.joint_probes=.* is too few.*set probes.joint_probes={needed}"):
         load_config(None, overrides)
     load_config(None, [o for o in overrides if "joint_probes" not in o] + [f"probes.joint_probes={needed}"])
 
 
-def test_rank_grid_with_too_few_pairs_for_law_p_is_refused():
+def test_small_rank_grid_rejected():
     with pytest.raises(ValidationError, match="gives 4 distinct joint probes, but Law-P needs at least 6"):
         load_config(None, ["probes.max_rank=4", "probes.joint_probes=6"])
     load_config(None, ["probes.max_rank=8", "probes.joint_probes=6"])

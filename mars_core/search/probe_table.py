@@ -261,7 +261,7 @@ def _is_finite(value: Any) -> bool:
     return _is_number(value) and math.isfinite(value)
 
 
-# What to change when a module's probes all end with one status.
+# Advice per probe status, for a module whose probes are all unusable.
 _STATUS_ADVICE = {
     "censored": "Censored probes were still improving when they stopped: give module probes more samples "
                 "(probes.module_budget_samples) or a higher learning rate.",

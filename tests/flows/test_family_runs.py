@@ -7,8 +7,8 @@ disk where ``datasets`` is installed. The images are scikit-learn's
 handwritten digits, written out as PNG files or Parquet bytes.
 
 Families whose processor needs torchvision are marked ``torchvision`` and
-skip where it does not import; `make test` runs them in a second environment
-that has it, so that every family is covered.
+skip where it does not import. `make test` runs them in a second environment
+that has it, so every family is covered.
 """
 
 from __future__ import annotations
