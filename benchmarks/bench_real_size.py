@@ -24,8 +24,8 @@ those of the 7B model)::
 
 Prints one line per run and writes ``result.json`` under ``--workdir``.
 
-NOTE: so far this has run only on a CPU with the depth cut down; the GPU
-figures (step time, peak memory in bf16) are still to be measured.
+NOTE: so far this has run only on a CPU with the depth cut down. The GPU
+figures (step time and peak memory in bf16) are still to be measured.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_model_folder(folder: Path, text_layers: int | None, vision_layers: int | None, dtype: str,
                        device: str) -> dict:
-    """Save a random LLaVA-1.5-7B-sized model and its processor to ``folder``; return its sizes."""
+    """Save a random LLaVA-1.5-7B-sized model and its processor to ``folder``, and return its sizes."""
     from transformers import CLIPImageProcessorPil, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     tokenizer = build_tokenizer(["<s>", "</s>", "<image>"], {"eos_token": "</s>"}, {"image_token": "<image>"})
@@ -117,7 +117,7 @@ def measure(cfg: MarsConfig, base, dataset, spec: RunSpec, out_dir: Path | None)
     }
     if on_cuda:
         row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
-    # ru_maxrss is in KiB on Linux; it is the peak of the whole process so far.
+    # ru_maxrss is in KiB on Linux. It is the peak of the whole process so far.
     row["peak_process_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return row
 
